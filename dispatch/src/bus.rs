@@ -1,0 +1,158 @@
+//! NATS JetStream: connection, streams, and the mapping from outbox entries to messages.
+//!
+//! Subjects: `job_run.<queue>` (work, stream `DISPATCH_RUN`, work-queue retention) and the
+//! events `job_processing.<queue>`, `job_complete.<queue>`, `job_failed.<queue>`,
+//! `job_cancelled.<queue>` (stream `DISPATCH_EVENTS`, kept for `events_max_age_s`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use dispatch_client::pb;
+use prost::Message;
+
+use crate::config::Streams;
+use crate::store::State;
+
+/// Header naming the event kind (`run`, `processing`, `complete`, `failed`, `cancelled`).
+pub const KIND_HEADER: &str = "Dispatch-Kind";
+/// Header carrying the schema version of the protobuf body.
+pub const VERSION_HEADER: &str = "Dispatch-Version";
+
+/// Connects to NATS, retrying forever in the background after the first connection.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+}
+
+/// Creates the two streams when missing (file storage).
+pub async fn ensure_streams(js: &jetstream::Context, cfg: &Streams) -> Result<(), String> {
+    js.get_or_create_stream(stream::Config {
+        name: cfg.run_stream.clone(),
+        subjects: vec!["job_run.>".into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("creating stream {}: {e}", cfg.run_stream))?;
+    js.get_or_create_stream(stream::Config {
+        name: cfg.events_stream.clone(),
+        subjects: vec![
+            "job_processing.>".into(),
+            "job_complete.>".into(),
+            "job_failed.>".into(),
+            "job_cancelled.>".into(),
+        ],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        max_age: Duration::from_secs(cfg.events_max_age_s),
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("creating stream {}: {e}", cfg.events_stream))?;
+    Ok(())
+}
+
+/// A message ready to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// Builds the NATS message for one outbox entry; `None` for an entry of unknown kind.
+pub fn outgoing(fields: &HashMap<String, String>) -> Option<Outgoing> {
+    let g = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
+    let (kind, id, queue, attempt) = (g("kind"), g("id"), g("queue"), g("attempt"));
+    let subject_base = match kind {
+        "run" => "job_run",
+        "processing" => "job_processing",
+        "complete" => "job_complete",
+        "failed" => "job_failed",
+        "cancelled" => "job_cancelled",
+        _ => return None,
+    };
+    let attempt_n: u32 = attempt.parse().unwrap_or(0);
+    let payload = if kind == "run" {
+        pb::JobRun {
+            job_id: id.into(),
+            attempt: attempt_n,
+            queue: queue.into(),
+            r#type: g("type").into(),
+        }
+        .encode_to_vec()
+    } else {
+        let ts: u64 = g("ts").parse().unwrap_or(0);
+        pb::JobEvent {
+            version: 1,
+            job_id: id.into(),
+            queue: queue.into(),
+            r#type: g("type").into(),
+            attempt: attempt_n,
+            state: State::parse(g("state")).map(crate::api::state_to_pb).unwrap_or(0),
+            worker_id: g("worker_id").into(),
+            timestamp: Some(crate::api::ts(ts)),
+            error: g("error").into(),
+            sequence: g("seq").parse().unwrap_or(0),
+        }
+        .encode_to_vec()
+    };
+    let mut headers = HeaderMap::new();
+    let msg_id = if kind == "run" {
+        format!("{id}:{attempt}{}", g("sfx"))
+    } else {
+        format!("{id}:{attempt}:{kind}")
+    };
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    headers.insert(KIND_HEADER, kind);
+    headers.insert(VERSION_HEADER, "1");
+    if !g("tp").is_empty() {
+        headers.insert("traceparent", g("tp"));
+    }
+    Some(Outgoing {
+        subject: format!("{subject_base}.{queue}"),
+        headers,
+        payload: payload.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: &str) -> HashMap<String, String> {
+        [("kind", kind), ("id", "j1"), ("queue", "q"), ("type", "noop"), ("attempt", "2"), ("state", "FAILED"), ("ts", "1000"), ("seq", "4"), ("tp", ""), ("sfx", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn run_and_event_messages() {
+        let run = outgoing(&entry("run")).unwrap();
+        assert_eq!(run.subject, "job_run.q");
+        assert_eq!(run.headers.get("Nats-Msg-Id").unwrap().as_str(), "j1:2");
+        let body = pb::JobRun::decode(run.payload).unwrap();
+        assert_eq!((body.job_id.as_str(), body.attempt), ("j1", 2));
+
+        let failed = outgoing(&entry("failed")).unwrap();
+        assert_eq!(failed.subject, "job_failed.q");
+        assert_eq!(failed.headers.get("Nats-Msg-Id").unwrap().as_str(), "j1:2:failed");
+        let ev = pb::JobEvent::decode(failed.payload).unwrap();
+        assert_eq!(ev.state, pb::JobState::Failed as i32);
+        assert_eq!(ev.sequence, 4);
+        assert!(outgoing(&entry("bogus")).is_none());
+    }
+}

@@ -1,0 +1,318 @@
+//! Layered configuration: defaults → TOML file → `DISPATCH_*` environment → flags.
+//!
+//! Environment variables map onto fields with `__` between sections, e.g.
+//! `DISPATCH_GRPC_ADDR`, `DISPATCH_REDIS_URL`, `DISPATCH_JOBS__DEFAULT_TIMEOUT_MS`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything dispatch can be told. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the gRPC API (JobService, WorkerService, reflection, health) listens.
+    pub grpc_addr: SocketAddr,
+    /// Where the HTTP side (REST gateway, metrics) will listen. Reserved: not served yet.
+    pub http_addr: SocketAddr,
+    /// Redis holding every job record, e.g. `redis://127.0.0.1:6379`.
+    pub redis_url: String,
+    /// NATS server with JetStream enabled, e.g. `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// Defaults and limits for jobs.
+    pub jobs: JobDefaults,
+    /// Background loops: scheduler, lease reaper, sweeper, outbox relay.
+    pub loops: Loops,
+    /// JetStream streams created at start-up when missing.
+    pub streams: Streams,
+}
+
+/// Defaults applied to a job whose options leave a field unset, and request limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobDefaults {
+    /// Attempts in all when `options.maxAttempts` is unset.
+    pub max_attempts: u32,
+    /// Per-attempt timeout when `options.timeout` is unset.
+    pub default_timeout_ms: u64,
+    /// First backoff delay.
+    pub backoff_initial_ms: u64,
+    /// Largest backoff delay.
+    pub backoff_max_ms: u64,
+    /// Backoff growth per attempt.
+    pub backoff_multiplier: f64,
+    /// Fraction of each delay randomised.
+    pub backoff_jitter: f64,
+    /// Lease granted by ClaimJob and Heartbeat when the worker does not ask for one.
+    pub lease_ms: u64,
+    /// How long an idempotency key maps to its job.
+    pub idempotency_window_ms: u64,
+    /// Largest payload accepted, in bytes of JSON.
+    pub max_payload_bytes: usize,
+}
+
+/// Timing of the background loops.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Loops {
+    /// How often the scheduler promotes due SCHEDULED jobs.
+    pub scheduler_interval_ms: u64,
+    /// How often the reaper looks for expired leases.
+    pub reaper_interval_ms: u64,
+    /// How often the sweeper looks for QUEUED jobs whose run message may be lost.
+    pub sweeper_interval_ms: u64,
+    /// A QUEUED job unclaimed this long gets its run message written again.
+    pub sweep_after_ms: u64,
+    /// Longest the relay waits before looking at the outbox again when nothing woke it.
+    pub relay_poll_ms: u64,
+    /// Outbox entries a relay publishes per batch.
+    pub relay_batch: usize,
+    /// An outbox entry taken by a relay that went quiet this long is taken over by another.
+    pub relay_claim_idle_ms: u64,
+}
+
+/// JetStream stream settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Streams {
+    /// Stream holding `job_run.>` (work-queue retention).
+    pub run_stream: String,
+    /// Stream holding `job_processing.>`, `job_complete.>`, `job_failed.>`, `job_cancelled.>`.
+    pub events_stream: String,
+    /// How long events are kept.
+    pub events_max_age_s: u64,
+    /// Replicas for both streams (1 on a single server).
+    pub replicas: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_addr: ([127, 0, 0, 1], 50051).into(),
+            http_addr: ([127, 0, 0, 1], 8080).into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            jobs: JobDefaults::default(),
+            loops: Loops::default(),
+            streams: Streams::default(),
+        }
+    }
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            default_timeout_ms: 60_000,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 300_000,
+            backoff_multiplier: 2.0,
+            backoff_jitter: 0.2,
+            lease_ms: 30_000,
+            idempotency_window_ms: 24 * 3600 * 1000,
+            max_payload_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for Loops {
+    fn default() -> Self {
+        Self {
+            scheduler_interval_ms: 100,
+            reaper_interval_ms: 500,
+            sweeper_interval_ms: 5_000,
+            sweep_after_ms: 60_000,
+            relay_poll_ms: 200,
+            relay_batch: 512,
+            relay_claim_idle_ms: 10_000,
+        }
+    }
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self {
+            run_stream: "DISPATCH_RUN".into(),
+            events_stream: "DISPATCH_EVENTS".into(),
+            events_max_age_s: 7 * 24 * 3600,
+            replicas: 1,
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// The file, an environment variable or a flag held something invalid.
+    #[error("invalid configuration ({origin}): {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then `DISPATCH_*` variables from `env`, then the
+    /// `overrides` (already-parsed flags, as `key=value` TOML snippets), and validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Self, Error> {
+        let mut doc = toml::Table::try_from(Config::default()).map_err(|e| Error::Invalid {
+            origin: "defaults".into(),
+            message: e.to_string(),
+        })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let file_doc: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Invalid {
+                origin: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            merge(&mut doc, file_doc);
+        }
+        for (key, value) in env {
+            if let Some(rest) = key.strip_prefix("DISPATCH_") {
+                let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+                set(&mut doc, &path, &value, &format!("environment {key}"))?;
+            }
+        }
+        for (key, value) in overrides {
+            let path: Vec<String> = key.split('.').map(str::to_string).collect();
+            set(&mut doc, &path, value, &format!("flag {key}"))?;
+        }
+        let config: Config = toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| Error::Invalid {
+            origin: "merged configuration".into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: ranges and relations.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |message: &str| {
+            Err(Error::Invalid {
+                origin: "validation".into(),
+                message: message.into(),
+            })
+        };
+        let j = &self.jobs;
+        if j.max_attempts == 0 || j.max_attempts > 1000 {
+            return bad("jobs.max_attempts must be 1 to 1000");
+        }
+        if j.default_timeout_ms == 0 {
+            return bad("jobs.default_timeout_ms must be positive");
+        }
+        if j.lease_ms < 1000 {
+            return bad("jobs.lease_ms must be at least 1000");
+        }
+        if j.backoff_multiplier < 1.0 || !(0.0..=1.0).contains(&j.backoff_jitter) {
+            return bad("jobs.backoff_multiplier must be >= 1 and jobs.backoff_jitter within 0..=1");
+        }
+        if j.backoff_initial_ms > j.backoff_max_ms {
+            return bad("jobs.backoff_initial_ms must not exceed jobs.backoff_max_ms");
+        }
+        if self.loops.relay_batch == 0 {
+            return bad("loops.relay_batch must be positive");
+        }
+        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
+            return bad("redis_url must start with redis:// or rediss://");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Sets a dotted path from a string, typed like the default value already there.
+fn set(doc: &mut toml::Table, path: &[String], raw: &str, origin: &str) -> Result<(), Error> {
+    let invalid = |message: String| Error::Invalid {
+        origin: origin.into(),
+        message,
+    };
+    let (last, parents) = path.split_last().ok_or_else(|| invalid("empty key".into()))?;
+    let mut table = doc;
+    for p in parents {
+        table = match table.get_mut(p) {
+            Some(toml::Value::Table(t)) => t,
+            _ => return Err(invalid(format!("unknown section {p}"))),
+        };
+    }
+    let value = match table.get(last) {
+        Some(toml::Value::String(_)) => toml::Value::String(raw.into()),
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            raw.parse()
+                .map_err(|_| invalid(format!("{last} must be an integer, got {raw:?}")))?,
+        ),
+        Some(toml::Value::Float(_)) => toml::Value::Float(
+            raw.parse()
+                .map_err(|_| invalid(format!("{last} must be a number, got {raw:?}")))?,
+        ),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+            raw.parse()
+                .map_err(|_| invalid(format!("{last} must be true or false, got {raw:?}")))?,
+        ),
+        _ => return Err(invalid(format!("unknown setting {last}"))),
+    };
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.toml");
+        std::fs::write(&file, "redis_url = \"redis://file:1\"\n[jobs]\ndefault_timeout_ms = 46000\nmax_attempts = 5\n").unwrap();
+        let env = vec![
+            ("DISPATCH_JOBS__MAX_ATTEMPTS".to_string(), "7".to_string()),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let flags = vec![("redis_url".to_string(), "redis://flag:2".to_string())];
+        let c = Config::load(Some(&file), env, &flags).unwrap();
+        assert_eq!(c.jobs.default_timeout_ms, 46000);
+        assert_eq!(c.jobs.max_attempts, 7);
+        assert_eq!(c.redis_url, "redis://flag:2");
+        assert_eq!(c.nats_url, Config::default().nats_url);
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let env = vec![("DISPATCH_JOBS__MAX_ATTEMPTS".to_string(), "many".to_string())];
+        let err = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(err.contains("max_attempts must be an integer"), "{err}");
+        let env = vec![("DISPATCH_NOPE".to_string(), "1".to_string())];
+        assert!(Config::load(None, env, &[]).unwrap_err().to_string().contains("unknown setting"));
+        let env = vec![("DISPATCH_JOBS__MAX_ATTEMPTS".to_string(), "0".to_string())];
+        assert!(Config::load(None, env, &[]).is_err());
+    }
+
+    #[test]
+    fn sample_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dispatch.sample.toml");
+        let c = Config::load(Some(&path), Vec::new(), &[]).unwrap();
+        assert_eq!(c.jobs.default_timeout_ms, 46_000);
+    }
+}

@@ -1,0 +1,27 @@
+//! Dispatch: a gRPC-first distributed job dispatcher.
+//!
+//! # Layout
+//! - [`config`]: layered configuration (defaults, TOML, `DISPATCH_*`, flags).
+//! - [`api`]: protobuf ↔ domain conversions, request validation, error → status mapping.
+//! - [`store`]: job records in Redis; each transition is one Lua script (`store/lua/`) that
+//!   checks state and lease and appends to the outbox atomically.
+//! - [`bus`]: NATS JetStream streams, subjects and message encoding.
+//! - [`relay`]: publishes the outbox to JetStream, deleting entries after their ack.
+//! - [`background`]: the scheduler, lease reaper and sweeper loops.
+//! - [`watch`]: wake-ups for `WatchJob` streams.
+//! - [`service`]: the `JobService` and `WorkerService` gRPC implementations.
+//! - [`server`]: wires it all: [`server::start`] returns a handle with the bound address.
+
+pub mod api;
+pub mod background;
+pub mod bus;
+pub mod config;
+pub mod relay;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod watch;
+
+pub use config::Config;
+pub use server::{Running, start};

@@ -1,0 +1,84 @@
+//! `dispatch`: parses flags, loads the configuration, runs the server until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The Dispatch job service.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Flags {
+    /// TOML configuration file (see dispatch.sample.toml).
+    #[arg(long, short = 'c', env = "DISPATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listen address (overrides grpc_addr).
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// Redis URL (overrides redis_url).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// NATS URL (overrides nats_url).
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// Any setting as key=value, dotted for sections (e.g. jobs.lease_ms=10000). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, env = "DISPATCH_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let mut overrides = Vec::new();
+    if let Some(a) = flags.grpc_addr {
+        overrides.push(("grpc_addr".to_string(), a.to_string()));
+    }
+    if let Some(u) = &flags.redis_url {
+        overrides.push(("redis_url".to_string(), u.clone()));
+    }
+    if let Some(u) = &flags.nats_url {
+        overrides.push(("nats_url".to_string(), u.clone()));
+    }
+    for kv in &flags.set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--set wants KEY=VALUE, got {kv:?}"))?;
+        overrides.push((k.to_string(), v.to_string()));
+    }
+    let env = std::env::vars().filter(|(k, _)| k != "DISPATCH_CONFIG" && k != "DISPATCH_LOG_JSON");
+    let config = match dispatch::Config::load(flags.config.as_deref(), env, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dispatch: {e}");
+            std::process::exit(2);
+        }
+    };
+    if flags.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    dispatch::telemetry::init_logs(flags.log_json);
+    let running = dispatch::start(config).await?;
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    running.wait().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,125 @@
+//! The outbox relay: publishes outbox entries to JetStream and deletes each one only after
+//! its publish ack. Batched: one read, all publishes in flight at once, one ack/delete.
+//!
+//! Several dispatch replicas share the outbox through a Redis consumer group; entries left
+//! unacknowledged by a replica that died are taken over after `relay_claim_idle_ms`. A
+//! publish repeated after a crash is dropped by JetStream's `Nats-Msg-Id` de-duplication.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus;
+use crate::config::Loops;
+use crate::store::Store;
+
+/// Runs until `shutdown` is cancelled. `wake` is notified after every local transition.
+pub async fn run(store: Store, js: jetstream::Context, cfg: Loops, consumer: String, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut pending_first = true;
+    let mut last_autoclaim = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if last_autoclaim.elapsed() > Duration::from_millis(cfg.relay_claim_idle_ms / 2) {
+            last_autoclaim = Instant::now();
+            match store.outbox_autoclaim(&consumer, cfg.relay_claim_idle_ms, cfg.relay_batch).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(entries = n, "relay took over outbox entries of an idle relay");
+                    pending_first = true;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "relay autoclaim failed"),
+            }
+        }
+        let entries = match store.outbox_read(&consumer, cfg.relay_batch, pending_first).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay cannot read the outbox");
+                failures += 1;
+                backoff(failures, &shutdown).await;
+                continue;
+            }
+        };
+        if entries.is_empty() {
+            if pending_first {
+                pending_first = false;
+                continue;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(cfg.relay_poll_ms)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        let full = entries.len() >= cfg.relay_batch;
+        let (done, failed) = publish_batch(&js, entries).await;
+        if let Err(e) = store.outbox_done(&done).await {
+            // The entries stay pending and are published again; dedup drops the repeat.
+            tracing::warn!(error = %e, "relay cannot delete published entries");
+        }
+        if failed > 0 {
+            failures += 1;
+            pending_first = true;
+            tracing::warn!(failed, "relay publishes failed; retrying");
+            backoff(failures, &shutdown).await;
+        } else {
+            failures = 0;
+            // A full batch means more may be waiting; a pending re-read found its end.
+            if !full {
+                pending_first = false;
+            }
+        }
+    }
+}
+
+async fn backoff(failures: u32, shutdown: &CancellationToken) {
+    let ms = (50u64 << failures.min(5)).min(2_000);
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+/// Publishes every entry, then waits for all acks. Returns the stream ids published (and
+/// undecodable ones, which would never publish) and the count that failed.
+async fn publish_batch(js: &jetstream::Context, entries: Vec<crate::store::OutboxEntry>) -> (Vec<String>, usize) {
+    let mut done = Vec::with_capacity(entries.len());
+    let mut acks = Vec::with_capacity(entries.len());
+    let mut failed = 0;
+    for e in entries {
+        if e.fields.is_empty() {
+            // Deleted already (acknowledged by another relay after a takeover).
+            done.push(e.stream_id);
+            continue;
+        }
+        let Some(msg) = bus::outgoing(&e.fields) else {
+            tracing::error!(entry = ?e, "outbox entry of unknown kind dropped");
+            done.push(e.stream_id);
+            continue;
+        };
+        match js.publish_with_headers(msg.subject, msg.headers, msg.payload).await {
+            Ok(ack) => acks.push((e.stream_id, ack)),
+            Err(err) => {
+                tracing::warn!(error = %err, "publish failed");
+                failed += 1;
+            }
+        }
+    }
+    let results = futures::future::join_all(acks.into_iter().map(|(id, ack)| async move { (id, ack.await) })).await;
+    for (id, r) in results {
+        match r {
+            Ok(_) => done.push(id),
+            Err(err) => {
+                tracing::warn!(error = %err, "publish not acknowledged");
+                failed += 1;
+            }
+        }
+    }
+    (done, failed)
+}

@@ -1,0 +1,133 @@
+//! Wiring: connects Redis and NATS, starts the gRPC server, the outbox relay and the
+//! background loops, and stops them in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use dispatch_client::pb::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Limits;
+use crate::config::Config;
+use crate::service::{JobApi, Shared, WorkerApi};
+use crate::store::Store;
+use crate::{background, bus, relay, watch};
+
+/// A running dispatch. Drop does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    /// The address gRPC is bound to (useful with port 0).
+    pub grpc_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// A token that stops everything when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops taking requests, stops the loops and the relay, and waits for them.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until everything has stopped (after the token is cancelled).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts dispatch with `config`. Fails fast when Redis or NATS cannot be reached at start.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let store = Store::connect(&config.redis_url)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
+    let hub = watch::Hub::start(&config.redis_url)
+        .await
+        .context("subscribing to the watch channel")?;
+    let nats = tokio::time::timeout(std::time::Duration::from_secs(10), bus::connect(&config.nats_url, "dispatch"))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out connecting to NATS at {}", config.nats_url))?
+        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+    let js = async_nats::jetstream::new(nats);
+    bus::ensure_streams(&js, &config.streams)
+        .await
+        .map_err(anyhow::Error::msg)?;
+
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+    let grpc_addr = listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let relay_wake = Arc::new(Notify::new());
+    let config = Arc::new(config);
+    let shared = Shared {
+        store: store.clone(),
+        limits: Limits {
+            defaults: config.jobs.clone(),
+        },
+        config: config.clone(),
+        relay_wake: relay_wake.clone(),
+        hub,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JobServiceServer<JobApi>>().await;
+    health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(dispatch_client::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(dispatch_client::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let mut tasks = Vec::new();
+    let grpc_shutdown = shutdown.clone();
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(JobServiceServer::new(JobApi(shared.clone())))
+        .add_service(WorkerServiceServer::new(WorkerApi(shared)));
+    tasks.push(tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(listener);
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    }));
+    let consumer = format!("relay-{}", uuid::Uuid::new_v4().simple());
+    tasks.push(tokio::spawn(relay::run(
+        store.clone(),
+        js,
+        config.loops.clone(),
+        consumer,
+        relay_wake.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(background::run(
+        store,
+        config.loops.clone(),
+        relay_wake,
+        shutdown.clone(),
+    )));
+    tracing::info!(grpc = %grpc_addr, "dispatch started");
+    Ok(Running {
+        grpc_addr,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,222 @@
+//! Domain types of the job record, parsed from the Redis hash. Conversions to and from the
+//! protobuf types live in `api::convert`.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Where a job is in its life cycle. Stored in Redis by its upper-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    Scheduled,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    /// Every state, in life-cycle order.
+    pub const ALL: [State; 6] = [
+        State::Scheduled,
+        State::Queued,
+        State::Running,
+        State::Succeeded,
+        State::Failed,
+        State::Cancelled,
+    ];
+
+    /// The name stored in Redis and used in the per-queue index keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Scheduled => "SCHEDULED",
+            State::Queued => "QUEUED",
+            State::Running => "RUNNING",
+            State::Succeeded => "SUCCEEDED",
+            State::Failed => "FAILED",
+            State::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// True for SUCCEEDED, FAILED and CANCELLED.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Succeeded | State::Failed | State::Cancelled)
+    }
+}
+
+/// Delay policy between attempts, in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub multiplier: f64,
+    pub jitter: f64,
+}
+
+/// A validated request to create a job, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub queue: String,
+    pub job_type: String,
+    /// The payload as JSON text.
+    pub payload: String,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub timeout_ms: u64,
+    /// Absolute run time in ms since the epoch; `None` for now.
+    pub run_at_ms: Option<u64>,
+    /// Delay from now in ms; used when `run_at_ms` is `None`.
+    pub delay_ms: u64,
+    pub idempotency_key: String,
+    pub labels: BTreeMap<String, String>,
+    /// W3C traceparent of the caller, carried to the worker.
+    pub traceparent: String,
+}
+
+/// Why the last attempt failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobError {
+    pub message: String,
+    pub retryable: bool,
+    pub attempt: u32,
+}
+
+/// A job record as stored in Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub queue: String,
+    pub job_type: String,
+    /// JSON text.
+    pub payload: String,
+    pub state: State,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// Attempts made before the last RetryJob; the budget counts from here.
+    pub retry_base: u32,
+    pub backoff: Backoff,
+    pub timeout_ms: u64,
+    pub run_at_ms: u64,
+    pub idempotency_key: String,
+    pub worker_id: String,
+    pub lease_id: Option<String>,
+    pub lease_deadline_ms: Option<u64>,
+    /// JSON text of the last progress report.
+    pub progress: Option<String>,
+    /// JSON text of the result.
+    pub result: Option<String>,
+    pub error: Option<JobError>,
+    pub cancel_requested: bool,
+    pub labels: BTreeMap<String, String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    pub traceparent: String,
+}
+
+impl JobRecord {
+    /// Builds a record from the hash fields; `None` names the first missing or bad field.
+    pub fn from_fields(f: &HashMap<String, String>) -> Result<JobRecord, String> {
+        let s = |k: &str| f.get(k).cloned().ok_or_else(|| format!("field {k} missing"));
+        let num = |k: &str| -> Result<u64, String> {
+            let v = s(k)?;
+            v.parse::<u64>()
+                .or_else(|_| v.parse::<f64>().map(|x| x as u64))
+                .map_err(|_| format!("field {k} is not a number: {v:?}"))
+        };
+        let opt = |k: &str| -> Option<u64> { f.get(k).and_then(|v| v.parse::<f64>().ok()).map(|x| x as u64) };
+        let float = |k: &str| -> Result<f64, String> {
+            s(k)?.parse::<f64>().map_err(|_| format!("field {k} is not a number"))
+        };
+        let state_s = s("state")?;
+        let error = match f.get("error") {
+            Some(m) => Some(JobError {
+                message: m.clone(),
+                retryable: f.get("error_retryable").map(|v| v == "1").unwrap_or(false),
+                attempt: opt("error_attempt").unwrap_or(0) as u32,
+            }),
+            None => None,
+        };
+        Ok(JobRecord {
+            id: s("id")?,
+            queue: s("queue")?,
+            job_type: s("type")?,
+            payload: s("payload")?,
+            state: State::parse(&state_s).ok_or_else(|| format!("unknown state {state_s}"))?,
+            attempt: num("attempt")? as u32,
+            max_attempts: num("max_attempts")? as u32,
+            retry_base: num("retry_base")? as u32,
+            backoff: Backoff {
+                initial_ms: num("b_initial")?,
+                max_ms: num("b_max")?,
+                multiplier: float("b_mult")?,
+                jitter: float("b_jitter")?,
+            },
+            timeout_ms: num("timeout")?,
+            run_at_ms: num("run_at")?,
+            idempotency_key: f.get("idem_key").cloned().unwrap_or_default(),
+            worker_id: f.get("worker_id").cloned().unwrap_or_default(),
+            lease_id: f.get("lease_id").cloned(),
+            lease_deadline_ms: opt("lease_deadline"),
+            progress: f.get("progress").cloned(),
+            result: f.get("result").cloned(),
+            error,
+            cancel_requested: f.get("cancel_requested").map(|v| v == "1").unwrap_or(false),
+            labels: f
+                .get("labels")
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_default(),
+            created_at_ms: num("created_at")?,
+            updated_at_ms: num("updated_at")?,
+            started_at_ms: opt("started_at"),
+            finished_at_ms: opt("finished_at"),
+            traceparent: f.get("traceparent").cloned().unwrap_or_default(),
+        })
+    }
+}
+
+/// One entry of a job's history (its `:events` stream).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEvent {
+    /// Stream entry id, the cursor for the next read.
+    pub stream_id: String,
+    pub sequence: u64,
+    pub state: State,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub at_ms: u64,
+    pub error: String,
+}
+
+/// Counts of one queue by state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueCounts {
+    pub name: String,
+    pub counts: HashMap<&'static str, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_and_terminality() {
+        for s in State::ALL {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(State::parse("NEW"), None);
+        assert!(State::Failed.is_terminal() && !State::Running.is_terminal());
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let mut f = HashMap::new();
+        f.insert("id".to_string(), "x".to_string());
+        assert_eq!(JobRecord::from_fields(&f).unwrap_err(), "field state missing");
+    }
+}
