@@ -1,1 +1,81 @@
-fn main() {}
+//! `worker`: runs the built-in handlers (`noop`, `sleep`, `http.fetch`, `fail`) on the given
+//! queues until SIGINT/SIGTERM, then drains. A second signal exits at once.
+
+use std::time::Duration;
+
+use clap::Parser;
+use dispatch_worker::{Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// A Dispatch worker with the built-in handlers.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Flags {
+    /// gRPC endpoint of dispatch.
+    #[arg(long, env = "DISPATCH_WORKER_DISPATCH_URL", default_value = "http://127.0.0.1:50051")]
+    dispatch_url: String,
+    /// NATS server.
+    #[arg(long, env = "DISPATCH_WORKER_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Queues as name=concurrency, comma-separated.
+    #[arg(long, env = "DISPATCH_WORKER_QUEUES", default_value = "default=16")]
+    queues: String,
+    /// Worker id recorded on claims (default: worker-<pid>).
+    #[arg(long, env = "DISPATCH_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Lease asked for, in seconds.
+    #[arg(long, default_value_t = 30)]
+    lease_s: u64,
+    /// Drain grace period on SIGTERM, in seconds.
+    #[arg(long, default_value_t = 30)]
+    drain_grace_s: u64,
+    /// Log JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn parse_queues(s: &str) -> anyhow::Result<Vec<(String, usize)>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (name, n) = p.split_once('=').unwrap_or((p, "4"));
+            let n: usize = n.trim().parse().map_err(|_| anyhow::anyhow!("bad concurrency in {p:?}"))?;
+            anyhow::ensure!(n >= 1, "concurrency must be at least 1 in {p:?}");
+            Ok((name.trim().to_string(), n))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if flags.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let mut cfg = WorkerConfig {
+        dispatch_url: flags.dispatch_url,
+        nats_url: flags.nats_url,
+        queues: parse_queues(&flags.queues)?,
+        lease: Duration::from_secs(flags.lease_s.max(3)),
+        drain_grace: Duration::from_secs(flags.drain_grace_s),
+        ..Default::default()
+    };
+    if let Some(id) = flags.worker_id {
+        cfg.worker_id = id;
+    }
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+        tracing::info!("signal received: draining (send again to exit at once)");
+        token.cancel();
+        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+        std::process::exit(130);
+    });
+    Worker::new(cfg).with_builtin_handlers().run(shutdown).await
+}

@@ -2,17 +2,48 @@
 //!
 //! `pbjson_types::Value` serialises as the plain JSON value it holds, so serde does the work.
 
-/// Converts any JSON value to a protobuf `Value`.
+use pbjson_types::value::Kind;
+
+/// Converts any JSON value to a protobuf `Value`. `null` becomes an explicit `NullValue`
+/// (a `Value` with no kind is not valid on the wire for other languages' decoders).
 pub fn to_proto(value: &serde_json::Value) -> pbjson_types::Value {
-    // A serde_json::Value always maps onto google.protobuf.Value.
-    serde_json::from_value(value.clone()).unwrap_or_default()
+    use serde_json::Value as J;
+    let kind = match value {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(a) => Kind::ListValue(pbjson_types::ListValue {
+            values: a.iter().map(to_proto).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(pbjson_types::Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), to_proto(v))).collect(),
+        }),
+    };
+    pbjson_types::Value { kind: Some(kind) }
 }
 
-/// Converts a protobuf `Value` to JSON; an unset value is `null`.
+/// Converts a protobuf `Value` to JSON; an unset value is `null`. Numbers with no fraction
+/// (within ±2^53) come back as integers, so `{"durationMs": 500}` reads as `as_u64() == 500`.
 pub fn from_proto(value: Option<&pbjson_types::Value>) -> serde_json::Value {
-    value
-        .and_then(|v| serde_json::to_value(v).ok())
-        .unwrap_or(serde_json::Value::Null)
+    use serde_json::Value as J;
+    let Some(kind) = value.and_then(|v| v.kind.as_ref()) else {
+        return J::Null;
+    };
+    match kind {
+        Kind::NullValue(_) => J::Null,
+        Kind::BoolValue(b) => J::Bool(*b),
+        Kind::NumberValue(n) => {
+            if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+                J::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n).map(J::Number).unwrap_or(J::Null)
+            }
+        }
+        Kind::StringValue(s) => J::String(s.clone()),
+        Kind::ListValue(l) => J::Array(l.values.iter().map(|v| from_proto(Some(v))).collect()),
+        Kind::StructValue(s) => J::Object(s.fields.iter().map(|(k, v)| (k.clone(), from_proto(Some(v)))).collect()),
+    }
 }
 
 #[cfg(test)]
@@ -24,5 +55,7 @@ mod tests {
         let v = serde_json::json!({"objectId": "x", "n": 1.5, "list": [true, null, "s"]});
         assert_eq!(from_proto(Some(&to_proto(&v))), v);
         assert_eq!(from_proto(None), serde_json::Value::Null);
+        assert!(to_proto(&serde_json::Value::Null).kind.is_some());
+        assert_eq!(from_proto(Some(&to_proto(&serde_json::json!(500)))).as_u64(), Some(500));
     }
 }

@@ -99,7 +99,6 @@ local function fail_attempt(job, err, retryable, delay, r, now)
       enqueue(job, now)
     else
       redis.call('ZADD', P .. 'scheduled', now + delay, job.id)
-      emit(job, nil, job.attempt, now)
     end
   else
     set_state(job, 'FAILED', now)

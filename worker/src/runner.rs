@@ -1,0 +1,361 @@
+//! The worker loop: pull, claim, run, heartbeat, report, drain.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use dispatch_client::json;
+use dispatch_client::pb::{self, worker_service_client::WorkerServiceClient};
+use futures::StreamExt;
+use prost::Message;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::{Handler, JobContext, WorkerConfig};
+
+type Client = WorkerServiceClient<Channel>;
+type Handlers = Arc<HashMap<String, Handler>>;
+
+/// How an attempt ended, seen from the worker.
+enum Outcome {
+    Done(Result<serde_json::Value, crate::HandlerError>),
+    TimedOut(Duration),
+    Cancelled,
+    LeaseLost,
+    HandedBack,
+}
+
+pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(cfg.dispatch_url.clone())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let client = WorkerServiceClient::new(channel);
+    let nats = async_nats::ConnectOptions::new()
+        .name(&cfg.worker_id)
+        .retry_on_initial_connect()
+        .connect(&cfg.nats_url)
+        .await?;
+    let js = jetstream::new(nats);
+    // dispatch creates the stream; wait for it.
+    let stream = loop {
+        match js.get_stream(&cfg.run_stream).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::info!(error = %e, stream = %cfg.run_stream, "waiting for the run stream");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+    };
+    let tracker = TaskTracker::new();
+    // Cancelled when the grace period is over: running jobs are handed back.
+    let hand_back = CancellationToken::new();
+    let mut pullers = Vec::new();
+    for (queue, concurrency) in &cfg.queues {
+        let consumer = stream
+            .get_or_create_consumer(
+                &format!("worker-{queue}"),
+                pull::Config {
+                    durable_name: Some(format!("worker-{queue}")),
+                    filter_subject: format!("job_run.{queue}"),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 100_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating consumer for queue {queue}: {e}"))?;
+        let ctx = Puller {
+            consumer,
+            client: client.clone(),
+            handlers: handlers.clone(),
+            cfg: cfg.clone(),
+            slots: Arc::new(Semaphore::new((*concurrency).max(1))),
+            tracker: tracker.clone(),
+            hand_back: hand_back.clone(),
+        };
+        pullers.push(tokio::spawn(ctx.run(shutdown.clone())));
+    }
+    tracing::info!(worker_id = %cfg.worker_id, queues = ?cfg.queues, "worker started");
+    shutdown.cancelled().await;
+    for p in pullers {
+        let _ = p.await;
+    }
+    tracker.close();
+    tracing::info!(in_flight = tracker.len(), grace = ?cfg.drain_grace, "draining");
+    if tokio::time::timeout(cfg.drain_grace, tracker.wait()).await.is_err() {
+        tracing::warn!(in_flight = tracker.len(), "grace period over: handing jobs back");
+        hand_back.cancel();
+        tracker.wait().await;
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+struct Puller {
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    client: Client,
+    handlers: Handlers,
+    cfg: WorkerConfig,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    hand_back: CancellationToken,
+}
+
+impl Puller {
+    async fn run(self, shutdown: CancellationToken) {
+        loop {
+            // Wait for at least one free slot, then take every free one.
+            let first = tokio::select! {
+                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = shutdown.cancelled() => return,
+            };
+            let mut permits = vec![first];
+            while permits.len() < 256 {
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let batch = self
+                .consumer
+                .batch()
+                .max_messages(permits.len())
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pull failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    continue;
+                }
+            };
+            while let Some(msg) = batch.next().await {
+                let Ok(msg) = msg else { break };
+                let Some(permit) = permits.pop() else { break };
+                let job = JobRunner {
+                    client: self.client.clone(),
+                    handlers: self.handlers.clone(),
+                    cfg: self.cfg.clone(),
+                    hand_back: self.hand_back.clone(),
+                };
+                self.tracker.spawn(async move {
+                    job.handle(msg).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+struct JobRunner {
+    client: Client,
+    handlers: Handlers,
+    cfg: WorkerConfig,
+    hand_back: CancellationToken,
+}
+
+fn pb_duration(d: Duration) -> pbjson_types::Duration {
+    pbjson_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn std_duration(d: Option<&pbjson_types::Duration>) -> Option<Duration> {
+    d.filter(|d| d.seconds >= 0 && d.nanos >= 0)
+        .map(|d| Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+impl JobRunner {
+    async fn handle(mut self, msg: jetstream::Message) {
+        let run = match pb::JobRun::decode(msg.payload.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, subject = %msg.subject, "undecodable run message dropped");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let claim = self
+            .client
+            .claim_job(pb::ClaimJobRequest {
+                job_id: run.job_id.clone(),
+                attempt: run.attempt,
+                worker_id: self.cfg.worker_id.clone(),
+                lease_duration: Some(pb_duration(self.cfg.lease)),
+            })
+            .await;
+        let job = match claim {
+            Ok(r) => {
+                // From here the Redis lease is the one retry clock.
+                let _ = msg.ack().await;
+                match r.into_inner().job {
+                    Some(j) => j,
+                    None => return,
+                }
+            }
+            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument) => {
+                tracing::debug!(job_id = %run.job_id, attempt = run.attempt, reason = %s.message(), "claim refused; message dropped");
+                let _ = msg.ack().await;
+                return;
+            }
+            Err(s) => {
+                tracing::warn!(job_id = %run.job_id, error = %s, "claim failed; message will be redelivered");
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("job", job_id = %job.id, queue = %job.queue, attempt = job.attempt);
+        tracing::Instrument::instrument(self.run_job(job), span).await;
+    }
+
+    async fn run_job(&mut self, job: pb::Job) {
+        let lease_id = job.lease.as_ref().map(|l| l.lease_id.clone()).unwrap_or_default();
+        let Some(handler) = self.handlers.get(&job.r#type).cloned() else {
+            let msg = format!("no handler for job type {:?} on worker {}", job.r#type, self.cfg.worker_id);
+            self.report_fail(&job, &lease_id, &msg, false, None).await;
+            return;
+        };
+        let timeout = std_duration(job.timeout.as_ref()).unwrap_or(Duration::from_secs(60));
+        let ctx = JobContext {
+            payload: json::from_proto(job.payload.as_ref()),
+            job: job.clone(),
+            cancelled: CancellationToken::new(),
+            progress: Arc::new(Mutex::new(None)),
+        };
+        // The heartbeat task sets `stop` to Cancelled or LeaseLost and cancels the token.
+        let stop: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
+        let beat = tokio::spawn(heartbeat(self.client.clone(), ctx.clone(), lease_id.clone(), self.cfg.lease, stop.clone()));
+        let outcome = tokio::select! {
+            r = handler(ctx.clone()) => Outcome::Done(r),
+            _ = tokio::time::sleep(timeout) => Outcome::TimedOut(timeout),
+            _ = ctx.cancelled.cancelled() => stop.lock().ok().and_then(|mut s| s.take()).unwrap_or(Outcome::LeaseLost),
+            _ = self.hand_back.cancelled() => Outcome::HandedBack,
+        };
+        ctx.cancelled.cancel();
+        beat.abort();
+        match outcome {
+            Outcome::Done(Ok(result)) => self.report_complete(&job, &lease_id, result).await,
+            Outcome::Done(Err(e)) => self.report_fail(&job, &lease_id, &e.message, e.retryable, None).await,
+            Outcome::TimedOut(t) => {
+                let msg = format!("timed out after {:.3}s", t.as_secs_f64());
+                self.report_fail(&job, &lease_id, &msg, true, None).await
+            }
+            Outcome::Cancelled => self.report_fail(&job, &lease_id, "cancelled", false, None).await,
+            Outcome::LeaseLost => {
+                tracing::warn!(job_id = %job.id, attempt = job.attempt, "lease lost; attempt abandoned");
+            }
+            Outcome::HandedBack => {
+                self.report_fail(&job, &lease_id, "worker shutting down; handed back", true, Some(Duration::ZERO))
+                    .await
+            }
+        }
+    }
+
+    async fn report_complete(&mut self, job: &pb::Job, lease_id: &str, result: serde_json::Value) {
+        let req = pb::CompleteJobRequest {
+            job_id: job.id.clone(),
+            lease_id: lease_id.to_string(),
+            result: Some(json::to_proto(&result)),
+        };
+        let client = self.client.clone();
+        let r = with_retries(|| {
+            let mut c = client.clone();
+            let req = req.clone();
+            async move { c.complete_job(req).await.map(|_| ()) }
+        })
+        .await;
+        match r {
+            Ok(()) => tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, "job succeeded"),
+            Err(s) => tracing::warn!(job_id = %job.id, attempt = job.attempt, error = %s, "completion not recorded"),
+        }
+    }
+
+    async fn report_fail(&mut self, job: &pb::Job, lease_id: &str, error: &str, retryable: bool, delay: Option<Duration>) {
+        let req = pb::FailJobRequest {
+            job_id: job.id.clone(),
+            lease_id: lease_id.to_string(),
+            error: error.chars().take(4096).collect(),
+            retryable,
+            retry_delay: delay.map(pb_duration),
+        };
+        let client = self.client.clone();
+        let r = with_retries(|| {
+            let mut c = client.clone();
+            let req = req.clone();
+            async move { c.fail_job(req).await.map(|_| ()) }
+        })
+        .await;
+        match r {
+            Ok(()) => tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, error, "job attempt failed"),
+            Err(s) => tracing::warn!(job_id = %job.id, attempt = job.attempt, error = %s, "failure not recorded"),
+        }
+    }
+}
+
+/// Retries a report while dispatch is unreachable (about 30 s in all); other errors are final.
+async fn with_retries<F, Fut>(mut f: F) -> Result<(), tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match f().await {
+            Ok(()) => return Ok(()),
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+/// Beats every third of the lease until aborted; stops the job on cancel or a lost lease.
+async fn heartbeat(client: Client, ctx: JobContext, lease_id: String, lease: Duration, stop: Arc<Mutex<Option<Outcome>>>) {
+    let every = lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let req = pb::HeartbeatRequest {
+            job_id: ctx.job.id.clone(),
+            lease_id: lease_id.clone(),
+            progress: ctx.take_progress().map(|p| json::to_proto(&p)),
+            lease_duration: Some(pb_duration(lease)),
+        };
+        match client.clone().heartbeat(req).await {
+            Ok(r) if r.get_ref().cancel_requested => {
+                tracing::info!(job_id = %ctx.job.id, "cancel requested; stopping the job");
+                if let Ok(mut s) = stop.lock() {
+                    *s = Some(Outcome::Cancelled);
+                }
+                ctx.cancelled.cancel();
+                return;
+            }
+            Ok(_) => {}
+            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
+                if let Ok(mut st) = stop.lock() {
+                    *st = Some(Outcome::LeaseLost);
+                }
+                ctx.cancelled.cancel();
+                return;
+            }
+            Err(s) => tracing::warn!(job_id = %ctx.job.id, error = %s, "heartbeat failed; will retry"),
+        }
+    }
+}
