@@ -23,14 +23,26 @@ pub async fn run(store: Store, cfg: Loops, wake: Arc<Notify>, shutdown: Cancella
     let s2 = store.clone();
     let s3 = store;
     tokio::join!(
-        every("scheduler", cfg.scheduler_interval_ms, wake.clone(), shutdown.clone(), move || {
-            let s = s1.clone();
-            async move { s.promote_due(BATCH).await }
-        }),
-        every("reaper", cfg.reaper_interval_ms, wake.clone(), shutdown.clone(), move || {
-            let s = s2.clone();
-            async move { s.reap_expired(BATCH).await }
-        }),
+        every(
+            "scheduler",
+            cfg.scheduler_interval_ms,
+            wake.clone(),
+            shutdown.clone(),
+            move || {
+                let s = s1.clone();
+                async move { s.promote_due(BATCH).await }
+            }
+        ),
+        every(
+            "reaper",
+            cfg.reaper_interval_ms,
+            wake.clone(),
+            shutdown.clone(),
+            move || {
+                let s = s2.clone();
+                async move { s.reap_expired(BATCH).await }
+            }
+        ),
         every("sweeper", cfg.sweeper_interval_ms, wake, shutdown, move || {
             let s = s3.clone();
             let age = cfg.sweep_after_ms;

@@ -133,10 +133,21 @@ mod tests {
     use super::*;
 
     fn entry(kind: &str) -> HashMap<String, String> {
-        [("kind", kind), ("id", "j1"), ("queue", "q"), ("type", "noop"), ("attempt", "2"), ("state", "FAILED"), ("ts", "1000"), ("seq", "4"), ("tp", ""), ("sfx", "")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        [
+            ("kind", kind),
+            ("id", "j1"),
+            ("queue", "q"),
+            ("type", "noop"),
+            ("attempt", "2"),
+            ("state", "FAILED"),
+            ("ts", "1000"),
+            ("seq", "4"),
+            ("tp", ""),
+            ("sfx", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     }
 
     #[test]

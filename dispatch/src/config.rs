@@ -185,10 +185,12 @@ impl Config {
             let path: Vec<String> = key.split('.').map(str::to_string).collect();
             set(&mut doc, &path, value, &format!("flag {key}"))?;
         }
-        let config: Config = toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| Error::Invalid {
-            origin: "merged configuration".into(),
-            message: e.to_string(),
-        })?;
+        let config: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Invalid {
+                origin: "merged configuration".into(),
+                message: e.to_string(),
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -285,7 +287,11 @@ mod tests {
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("d.toml");
-        std::fs::write(&file, "redis_url = \"redis://file:1\"\n[jobs]\ndefault_timeout_ms = 46000\nmax_attempts = 5\n").unwrap();
+        std::fs::write(
+            &file,
+            "redis_url = \"redis://file:1\"\n[jobs]\ndefault_timeout_ms = 46000\nmax_attempts = 5\n",
+        )
+        .unwrap();
         let env = vec![
             ("DISPATCH_JOBS__MAX_ATTEMPTS".to_string(), "7".to_string()),
             ("OTHER".to_string(), "x".to_string()),
@@ -304,7 +310,12 @@ mod tests {
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("max_attempts must be an integer"), "{err}");
         let env = vec![("DISPATCH_NOPE".to_string(), "1".to_string())];
-        assert!(Config::load(None, env, &[]).unwrap_err().to_string().contains("unknown setting"));
+        assert!(
+            Config::load(None, env, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("unknown setting")
+        );
         let env = vec![("DISPATCH_JOBS__MAX_ATTEMPTS".to_string(), "0".to_string())];
         assert!(Config::load(None, env, &[]).is_err());
     }

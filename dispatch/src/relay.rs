@@ -17,7 +17,14 @@ use crate::config::Loops;
 use crate::store::Store;
 
 /// Runs until `shutdown` is cancelled. `wake` is notified after every local transition.
-pub async fn run(store: Store, js: jetstream::Context, cfg: Loops, consumer: String, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn run(
+    store: Store,
+    js: jetstream::Context,
+    cfg: Loops,
+    consumer: String,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let mut pending_first = true;
     let mut last_autoclaim = Instant::now();
     let mut failures = 0u32;
@@ -27,7 +34,10 @@ pub async fn run(store: Store, js: jetstream::Context, cfg: Loops, consumer: Str
         }
         if last_autoclaim.elapsed() > Duration::from_millis(cfg.relay_claim_idle_ms / 2) {
             last_autoclaim = Instant::now();
-            match store.outbox_autoclaim(&consumer, cfg.relay_claim_idle_ms, cfg.relay_batch).await {
+            match store
+                .outbox_autoclaim(&consumer, cfg.relay_claim_idle_ms, cfg.relay_batch)
+                .await
+            {
                 Ok(n) if n > 0 => {
                     tracing::info!(entries = n, "relay took over outbox entries of an idle relay");
                     pending_first = true;

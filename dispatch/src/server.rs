@@ -53,10 +53,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let hub = watch::Hub::start(&config.redis_url)
         .await
         .context("subscribing to the watch channel")?;
-    let nats = tokio::time::timeout(std::time::Duration::from_secs(10), bus::connect(&config.nats_url, "dispatch"))
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out connecting to NATS at {}", config.nats_url))?
-        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+    let nats = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        bus::connect(&config.nats_url, "dispatch"),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out connecting to NATS at {}", config.nats_url))?
+    .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
     let js = async_nats::jetstream::new(nats);
     bus::ensure_streams(&js, &config.streams)
         .await

@@ -48,4 +48,3 @@ impl Hub {
         self.tx.subscribe()
     }
 }
-

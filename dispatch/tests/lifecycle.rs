@@ -14,7 +14,9 @@ const T: Duration = Duration::from_secs(20);
 async fn noop_job_succeeds_through_a_real_worker() {
     let mut s = Stack::start().await;
     s.spawn_builtin_worker(&[("default", 4)]);
-    let r = s.create(json!({"queue": "default", "type": "noop", "payload": {"objectId": "x"}})).await;
+    let r = s
+        .create(json!({"queue": "default", "type": "noop", "payload": {"objectId": "x"}}))
+        .await;
     assert!(r.created);
     let job = r.job.unwrap();
     assert_eq!(job.state, JobState::Queued as i32);
@@ -22,7 +24,10 @@ async fn noop_job_succeeds_through_a_real_worker() {
     assert_eq!(done.attempt, 1);
     assert!(done.finished_at.is_some() && done.started_at.is_some());
     assert!(done.lease.is_none(), "no lease after the end");
-    assert_eq!(dispatch_client::json::from_proto(done.payload.as_ref()), json!({"objectId": "x"}));
+    assert_eq!(
+        dispatch_client::json::from_proto(done.payload.as_ref()),
+        json!({"objectId": "x"})
+    );
     s.stop().await;
 }
 
@@ -60,7 +65,12 @@ async fn failing_job_retries_then_dead_letters_and_retry_job_reruns_it() {
     // A SUCCEEDED job cannot be retried.
     let ok = s.create(json!({"queue":"default","type":"noop"})).await.job.unwrap();
     s.wait_state(&ok.id, JobState::Succeeded, T).await;
-    let e = s.jobs().await.retry_job(pb::RetryJobRequest { id: ok.id }).await.unwrap_err();
+    let e = s
+        .jobs()
+        .await
+        .retry_job(pb::RetryJobRequest { id: ok.id })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     s.stop().await;
 }
@@ -85,14 +95,21 @@ async fn cancel_scheduled_queued_and_running_jobs() {
     let mut s = Stack::start().await;
     let mut api = s.jobs().await;
     // Scheduled: delayed an hour.
-    let scheduled = s.create(json!({"queue":"default","type":"noop","options":{"delay":"3600s"}})).await.job.unwrap();
+    let scheduled = s
+        .create(json!({"queue":"default","type":"noop","options":{"delay":"3600s"}}))
+        .await
+        .job
+        .unwrap();
     assert_eq!(scheduled.state, JobState::Scheduled as i32);
     // Queued: on a queue no worker serves.
     let queued = s.create(json!({"queue":"nobody","type":"noop"})).await.job.unwrap();
     assert_eq!(queued.state, JobState::Queued as i32);
     for id in [&scheduled.id, &queued.id] {
         let j = api
-            .cancel_job(pb::CancelJobRequest { id: id.clone(), reason: "not needed".into() })
+            .cancel_job(pb::CancelJobRequest {
+                id: id.clone(),
+                reason: "not needed".into(),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -102,15 +119,28 @@ async fn cancel_scheduled_queued_and_running_jobs() {
         assert_eq!(j.error.unwrap().message, "not needed");
     }
     // Cancelling again is a no-op; the scheduler must not revive it.
-    let again = api.cancel_job(pb::CancelJobRequest { id: scheduled.id.clone(), reason: String::new() }).await.unwrap();
+    let again = api
+        .cancel_job(pb::CancelJobRequest {
+            id: scheduled.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
     assert_eq!(again.into_inner().job.unwrap().state, JobState::Cancelled as i32);
 
     // Running: the worker learns it from its heartbeat (lease 3 s: a beat every second).
     s.spawn_builtin_worker(&[("default", 2)]);
-    let running = s.create(json!({"queue":"default","type":"sleep","payload":{"durationMs": 60000}})).await.job.unwrap();
+    let running = s
+        .create(json!({"queue":"default","type":"sleep","payload":{"durationMs": 60000}}))
+        .await
+        .job
+        .unwrap();
     s.wait_state(&running.id, JobState::Running, T).await;
     let j = api
-        .cancel_job(pb::CancelJobRequest { id: running.id.clone(), reason: String::new() })
+        .cancel_job(pb::CancelJobRequest {
+            id: running.id.clone(),
+            reason: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -118,13 +148,21 @@ async fn cancel_scheduled_queued_and_running_jobs() {
         .unwrap();
     assert_eq!(j.state, JobState::Running as i32);
     assert!(j.cancel_requested);
-    let cancelled = s.wait_state(&running.id, JobState::Cancelled, Duration::from_secs(10)).await;
+    let cancelled = s
+        .wait_state(&running.id, JobState::Cancelled, Duration::from_secs(10))
+        .await;
     assert_eq!(cancelled.attempt, 1);
 
     // A finished job cannot be cancelled.
     let ok = s.create(json!({"queue":"default","type":"noop"})).await.job.unwrap();
     s.wait_state(&ok.id, JobState::Succeeded, T).await;
-    let e = api.cancel_job(pb::CancelJobRequest { id: ok.id, reason: String::new() }).await.unwrap_err();
+    let e = api
+        .cancel_job(pb::CancelJobRequest {
+            id: ok.id,
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     s.stop().await;
 }
@@ -151,7 +189,9 @@ async fn watch_job_sees_every_transition_in_order() {
             seen.push(msg.event.unwrap());
         }
     };
-    tokio::time::timeout(T, collect).await.expect("watch stream ends after the terminal event");
+    tokio::time::timeout(T, collect)
+        .await
+        .expect("watch stream ends after the terminal event");
     use JobState::*;
     let states: Vec<(i32, u32)> = seen.iter().map(|e| (e.state, e.attempt)).collect();
     let want = vec![
@@ -165,7 +205,10 @@ async fn watch_job_sees_every_transition_in_order() {
     assert_eq!(states, want);
     let seqs: Vec<u64> = seen.iter().map(|e| e.sequence).collect();
     assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
-    assert!(seen.iter().all(|e| e.job_id == job.id && e.queue == "default" && e.r#type == "fail"));
+    assert!(
+        seen.iter()
+            .all(|e| e.job_id == job.id && e.queue == "default" && e.r#type == "fail")
+    );
     assert!(seen[2].error.contains("injected failure"));
     assert!(!seen[1].worker_id.is_empty());
     s.stop().await;
@@ -181,7 +224,9 @@ async fn idempotency_key_returns_the_same_job() {
     assert!(!second.created);
     assert_eq!(first.job.as_ref().unwrap().id, second.job.as_ref().unwrap().id);
     // Same key on another queue is another job.
-    let other = s.create(json!({"queue":"other","type":"noop","options":{"idempotencyKey":"order-42"}})).await;
+    let other = s
+        .create(json!({"queue":"other","type":"noop","options":{"idempotencyKey":"order-42"}}))
+        .await;
     assert!(other.created);
     assert_ne!(other.job.unwrap().id, first.job.as_ref().unwrap().id);
     // Concurrent callers: exactly one job.
@@ -190,7 +235,9 @@ async fn idempotency_key_returns_the_same_job() {
         let client = s.jobs().await;
         tasks.push(tokio::spawn(async move {
             let mut c = client;
-            let req: pb::CreateJobRequest = serde_json::from_value(json!({"queue":"nobody","type":"noop","options":{"idempotencyKey":"burst"}})).unwrap();
+            let req: pb::CreateJobRequest =
+                serde_json::from_value(json!({"queue":"nobody","type":"noop","options":{"idempotencyKey":"burst"}}))
+                    .unwrap();
             c.create_job(req).await.unwrap().into_inner()
         }));
     }
@@ -214,12 +261,21 @@ async fn list_jobs_pages_and_list_queues_counts() {
         ids.push(s.create(json!({"queue": q, "type":"noop"})).await.job.unwrap().id);
     }
     let mut api = s.jobs().await;
-    api.cancel_job(pb::CancelJobRequest { id: ids[0].clone(), reason: String::new() }).await.unwrap();
+    api.cancel_job(pb::CancelJobRequest {
+        id: ids[0].clone(),
+        reason: String::new(),
+    })
+    .await
+    .unwrap();
     let mut token = String::new();
     let mut all = Vec::new();
     loop {
         let page = api
-            .list_jobs(pb::ListJobsRequest { page_size: 3, page_token: token.clone(), ..Default::default() })
+            .list_jobs(pb::ListJobsRequest {
+                page_size: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -232,12 +288,21 @@ async fn list_jobs_pages_and_list_queues_counts() {
     }
     assert_eq!(all, ids, "every job once, oldest first");
     let alpha_queued = api
-        .list_jobs(pb::ListJobsRequest { queue: "alpha".into(), state: JobState::Queued as i32, ..Default::default() })
+        .list_jobs(pb::ListJobsRequest {
+            queue: "alpha".into(),
+            state: JobState::Queued as i32,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(alpha_queued.jobs.len(), 3);
-    let queues = api.list_queues(pb::ListQueuesRequest {}).await.unwrap().into_inner().queues;
+    let queues = api
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .queues;
     let alpha = queues.iter().find(|q| q.name == "alpha").unwrap();
     assert_eq!((alpha.depth, alpha.cancelled), (3, 1));
     assert_eq!(queues.iter().find(|q| q.name == "beta").unwrap().depth, 3);
@@ -250,7 +315,11 @@ async fn drained_worker_hands_running_jobs_back_at_once() {
     let mut cfg = s.worker_config(&[("default", 2)]);
     cfg.drain_grace = Duration::from_millis(200);
     let token = s.spawn_worker(dispatch_worker::Worker::new(cfg).with_builtin_handlers());
-    let job = s.create(json!({"queue":"default","type":"sleep","payload":{"durationMs": 60000}})).await.job.unwrap();
+    let job = s
+        .create(json!({"queue":"default","type":"sleep","payload":{"durationMs": 60000}}))
+        .await
+        .job
+        .unwrap();
     s.wait_state(&job.id, JobState::Running, T).await;
     token.cancel();
     // Handed back with no delay: QUEUED on attempt 2 long before the 3 s lease would expire.

@@ -28,7 +28,11 @@ pub fn register(w: Worker) -> Worker {
 }
 
 async fn sleep(ctx: JobContext) -> Result<Value, HandlerError> {
-    let ms = ctx.payload.get("durationMs").and_then(Value::as_u64).ok_or_else(|| HandlerError::fatal("sleep wants {\"durationMs\": N}"))?;
+    let ms = ctx
+        .payload
+        .get("durationMs")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| HandlerError::fatal("sleep wants {\"durationMs\": N}"))?;
     if ms > 3_600_000 {
         return Err(HandlerError::fatal("durationMs must be at most 3600000"));
     }
@@ -45,22 +49,36 @@ async fn sleep(ctx: JobContext) -> Result<Value, HandlerError> {
 async fn fail(ctx: JobContext) -> Result<Value, HandlerError> {
     let p = ctx.payload.get("probability").and_then(Value::as_f64).unwrap_or(1.0);
     if rand::random::<f64>() < p {
-        Err(HandlerError::retryable(format!("fail handler: injected failure (probability {p})")))
+        Err(HandlerError::retryable(format!(
+            "fail handler: injected failure (probability {p})"
+        )))
     } else {
         Ok(json!({"failed": false}))
     }
 }
 
 async fn fetch(client: reqwest::Client, ctx: JobContext) -> Result<Value, HandlerError> {
-    let url = ctx.payload.get("url").and_then(Value::as_str).ok_or_else(|| HandlerError::fatal("http.fetch wants {\"url\": \"...\"}"))?;
+    let url = ctx
+        .payload
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| HandlerError::fatal("http.fetch wants {\"url\": \"...\"}"))?;
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(HandlerError::fatal("url must be http:// or https://"));
     }
-    let resp = client.get(url).send().await.map_err(|e| HandlerError::retryable(format!("GET {url}: {e}")))?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| HandlerError::retryable(format!("GET {url}: {e}")))?;
     let status = resp.status().as_u16();
-    let bytes = resp.bytes().await.map_err(|e| HandlerError::retryable(format!("reading {url}: {e}")))?;
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| HandlerError::retryable(format!("reading {url}: {e}")))?;
     let bytes = &bytes[..bytes.len().min(MAX_BODY)];
-    let body = serde_json::from_slice::<Value>(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()));
+    let body = serde_json::from_slice::<Value>(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()));
     match status {
         500..=599 | 429 => Err(HandlerError::retryable(format!("GET {url}: HTTP {status}"))),
         400..=499 => Err(HandlerError::fatal(format!("GET {url}: HTTP {status}"))),

@@ -39,7 +39,10 @@ fn parse_queues(s: &str) -> anyhow::Result<Vec<(String, usize)>> {
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
             let (name, n) = p.split_once('=').unwrap_or((p, "4"));
-            let n: usize = n.trim().parse().map_err(|_| anyhow::anyhow!("bad concurrency in {p:?}"))?;
+            let n: usize = n
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("bad concurrency in {p:?}"))?;
             anyhow::ensure!(n >= 1, "concurrency must be at least 1 in {p:?}");
             Ok((name.trim().to_string(), n))
         })
@@ -70,7 +73,8 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
         tracing::info!("signal received: draining (send again to exit at once)");
         token.cancel();

@@ -208,7 +208,12 @@ impl JobRunner {
                     None => return,
                 }
             }
-            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument) => {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
+                ) =>
+            {
                 tracing::debug!(job_id = %run.job_id, attempt = run.attempt, reason = %s.message(), "claim refused; message dropped");
                 let _ = msg.ack().await;
                 return;
@@ -226,7 +231,10 @@ impl JobRunner {
     async fn run_job(&mut self, job: pb::Job) {
         let lease_id = job.lease.as_ref().map(|l| l.lease_id.clone()).unwrap_or_default();
         let Some(handler) = self.handlers.get(&job.r#type).cloned() else {
-            let msg = format!("no handler for job type {:?} on worker {}", job.r#type, self.cfg.worker_id);
+            let msg = format!(
+                "no handler for job type {:?} on worker {}",
+                job.r#type, self.cfg.worker_id
+            );
             self.report_fail(&job, &lease_id, &msg, false, None).await;
             return;
         };
@@ -239,7 +247,13 @@ impl JobRunner {
         };
         // The heartbeat task sets `stop` to Cancelled or LeaseLost and cancels the token.
         let stop: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
-        let beat = tokio::spawn(heartbeat(self.client.clone(), ctx.clone(), lease_id.clone(), self.cfg.lease, stop.clone()));
+        let beat = tokio::spawn(heartbeat(
+            self.client.clone(),
+            ctx.clone(),
+            lease_id.clone(),
+            self.cfg.lease,
+            stop.clone(),
+        ));
         let outcome = tokio::select! {
             r = handler(ctx.clone()) => Outcome::Done(r),
             _ = tokio::time::sleep(timeout) => Outcome::TimedOut(timeout),
@@ -260,8 +274,14 @@ impl JobRunner {
                 tracing::warn!(job_id = %job.id, attempt = job.attempt, "lease lost; attempt abandoned");
             }
             Outcome::HandedBack => {
-                self.report_fail(&job, &lease_id, "worker shutting down; handed back", true, Some(Duration::ZERO))
-                    .await
+                self.report_fail(
+                    &job,
+                    &lease_id,
+                    "worker shutting down; handed back",
+                    true,
+                    Some(Duration::ZERO),
+                )
+                .await
             }
         }
     }
@@ -285,7 +305,14 @@ impl JobRunner {
         }
     }
 
-    async fn report_fail(&mut self, job: &pb::Job, lease_id: &str, error: &str, retryable: bool, delay: Option<Duration>) {
+    async fn report_fail(
+        &mut self,
+        job: &pb::Job,
+        lease_id: &str,
+        error: &str,
+        retryable: bool,
+        delay: Option<Duration>,
+    ) {
         let req = pb::FailJobRequest {
             job_id: job.id.clone(),
             lease_id: lease_id.to_string(),
@@ -301,7 +328,9 @@ impl JobRunner {
         })
         .await;
         match r {
-            Ok(()) => tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, error, "job attempt failed"),
+            Ok(()) => {
+                tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, error, "job attempt failed")
+            }
             Err(s) => tracing::warn!(job_id = %job.id, attempt = job.attempt, error = %s, "failure not recorded"),
         }
     }
@@ -318,7 +347,10 @@ where
     loop {
         match f().await {
             Ok(()) => return Ok(()),
-            Err(s) if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded) && tokio::time::Instant::now() < deadline => {
+            Err(s)
+                if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded)
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
@@ -328,7 +360,13 @@ where
 }
 
 /// Beats every third of the lease until aborted; stops the job on cancel or a lost lease.
-async fn heartbeat(client: Client, ctx: JobContext, lease_id: String, lease: Duration, stop: Arc<Mutex<Option<Outcome>>>) {
+async fn heartbeat(
+    client: Client,
+    ctx: JobContext,
+    lease_id: String,
+    lease: Duration,
+    stop: Arc<Mutex<Option<Outcome>>>,
+) {
     let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;

@@ -51,7 +51,10 @@ impl JobService for JobApi {
         Ok(Response::new(resp))
     }
 
-    async fn create_jobs(&self, req: Request<pb::CreateJobsRequest>) -> Result<Response<pb::CreateJobsResponse>, Status> {
+    async fn create_jobs(
+        &self,
+        req: Request<pb::CreateJobsRequest>,
+    ) -> Result<Response<pb::CreateJobsResponse>, Status> {
         let tp = traceparent(&req);
         let mut errs = FieldErrors::default();
         let reqs = &req.get_ref().jobs;
@@ -87,7 +90,13 @@ impl JobService for JobApi {
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = req.get_ref();
         let mut errs = FieldErrors::default();
-        if !r.queue.is_empty() && (r.queue.len() > 128 || !r.queue.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')) {
+        if !r.queue.is_empty()
+            && (r.queue.len() > 128
+                || !r
+                    .queue
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        {
             errs.add("queue", "is not a valid queue name");
         }
         let state = api::state_from_pb(r.state);
@@ -102,7 +111,11 @@ impl JobService for JobApi {
         }
         errs.into_result(())?;
         let size = if r.page_size == 0 { 100 } else { r.page_size as usize };
-        let queues = if r.queue.is_empty() { self.0.store.queue_names().await? } else { vec![r.queue.clone()] };
+        let queues = if r.queue.is_empty() {
+            self.0.store.queue_names().await?
+        } else {
+            vec![r.queue.clone()]
+        };
         let states: Vec<State> = match state {
             Some(s) => vec![s],
             None => State::ALL.to_vec(),
@@ -112,7 +125,11 @@ impl JobService for JobApi {
         let more = ids.len() > size;
         ids.truncate(size);
         let jobs = self.0.store.get_many(&ids).await?;
-        let next_page_token = if more { ids.last().cloned().unwrap_or_default() } else { String::new() };
+        let next_page_token = if more {
+            ids.last().cloned().unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::ListJobsResponse {
             jobs: jobs.iter().map(api::job_to_pb).collect(),
             next_page_token,
@@ -186,7 +203,11 @@ impl JobService for JobApi {
             errs.add("reason", "must be at most 1024 characters");
         }
         errs.into_result(())?;
-        let reason = if r.reason.is_empty() { "cancelled" } else { r.reason.as_str() };
+        let reason = if r.reason.is_empty() {
+            "cancelled"
+        } else {
+            r.reason.as_str()
+        };
         let job = self.0.store.cancel(&r.id, reason).await?;
         tracing::info!(job_id = %job.id, state = job.state.as_str(), "job cancel requested");
         self.0.relay_wake.notify_one();
@@ -208,7 +229,10 @@ impl JobService for JobApi {
         }))
     }
 
-    async fn list_queues(&self, _req: Request<pb::ListQueuesRequest>) -> Result<Response<pb::ListQueuesResponse>, Status> {
+    async fn list_queues(
+        &self,
+        _req: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         let queues = self.0.store.queue_counts().await?;
         let c = |q: &store::QueueCounts, s: State| q.counts.get(s.as_str()).copied().unwrap_or(0);
         Ok(Response::new(pb::ListQueuesResponse {

@@ -62,19 +62,31 @@ impl WorkerService for WorkerApi {
             .as_ref()
             .map(|p| validate::json_value(&mut errs, "progress", Some(p), 64 * 1024));
         errs.into_result(())?;
-        let beat = self.0.store.heartbeat(&r.job_id, &r.lease_id, lease_ms, progress).await?;
+        let beat = self
+            .0
+            .store
+            .heartbeat(&r.job_id, &r.lease_id, lease_ms, progress)
+            .await?;
         Ok(Response::new(pb::HeartbeatResponse {
             cancel_requested: beat.cancel_requested,
             lease_deadline: Some(api::ts(beat.lease_deadline_ms)),
         }))
     }
 
-    async fn complete_job(&self, req: Request<pb::CompleteJobRequest>) -> Result<Response<pb::CompleteJobResponse>, Status> {
+    async fn complete_job(
+        &self,
+        req: Request<pb::CompleteJobRequest>,
+    ) -> Result<Response<pb::CompleteJobResponse>, Status> {
         let r = req.get_ref();
         let mut errs = FieldErrors::default();
         validate::job_id(&mut errs, "job_id", &r.job_id);
         validate::lease_id(&mut errs, "lease_id", &r.lease_id);
-        let result = validate::json_value(&mut errs, "result", r.result.as_ref(), self.0.config.jobs.max_payload_bytes);
+        let result = validate::json_value(
+            &mut errs,
+            "result",
+            r.result.as_ref(),
+            self.0.config.jobs.max_payload_bytes,
+        );
         errs.into_result(())?;
         let job = self.0.store.complete(&r.job_id, &r.lease_id, result).await?;
         tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, "job succeeded");

@@ -233,7 +233,14 @@ impl Store {
     }
 
     /// QUEUED → RUNNING for `attempt`, with a lease.
-    pub async fn claim(&self, id: &str, attempt: u32, worker_id: &str, lease_id: &str, lease_ms: u64) -> Result<JobRecord, Error> {
+    pub async fn claim(
+        &self,
+        id: &str,
+        attempt: u32,
+        worker_id: &str,
+        lease_id: &str,
+        lease_ms: u64,
+    ) -> Result<JobRecord, Error> {
         let args = vec![
             id.to_string(),
             attempt.to_string(),
@@ -246,7 +253,13 @@ impl Store {
     }
 
     /// Extends the lease, records progress (JSON text) when given.
-    pub async fn heartbeat(&self, id: &str, lease_id: &str, lease_ms: u64, progress: Option<String>) -> Result<Beat, Error> {
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        lease_id: &str,
+        lease_ms: u64,
+        progress: Option<String>,
+    ) -> Result<Beat, Error> {
         let args = vec![
             id.to_string(),
             lease_id.to_string(),
@@ -274,7 +287,14 @@ impl Store {
     }
 
     /// Ends the attempt as failed; see `fail.lua`.
-    pub async fn fail(&self, id: &str, lease_id: &str, error: &str, retryable: bool, delay_ms: Option<u64>) -> Result<JobRecord, Error> {
+    pub async fn fail(
+        &self,
+        id: &str,
+        lease_id: &str,
+        error: &str,
+        retryable: bool,
+        delay_ms: Option<u64>,
+    ) -> Result<JobRecord, Error> {
         let args = vec![
             id.to_string(),
             lease_id.to_string(),
@@ -300,18 +320,25 @@ impl Store {
     }
 
     async fn count(&self, script: &Script, args: Vec<String>) -> Result<u64, Error> {
-        let n: i64 = script.evalsha_with_reload(&self.client, Vec::<String>::new(), args).await?;
+        let n: i64 = script
+            .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
+            .await?;
         Ok(n.max(0) as u64)
     }
 
     /// Scheduler step: promotes up to `limit` due jobs. Returns how many.
     pub async fn promote_due(&self, limit: usize) -> Result<u64, Error> {
-        self.count(&self.scripts.promote, vec![now_ms().to_string(), limit.to_string()]).await
+        self.count(&self.scripts.promote, vec![now_ms().to_string(), limit.to_string()])
+            .await
     }
 
     /// Reaper step: fails up to `limit` attempts whose lease expired. Returns how many.
     pub async fn reap_expired(&self, limit: usize) -> Result<u64, Error> {
-        let args = vec![now_ms().to_string(), limit.to_string(), rand::random::<f64>().to_string()];
+        let args = vec![
+            now_ms().to_string(),
+            limit.to_string(),
+            rand::random::<f64>().to_string(),
+        ];
         self.count(&self.scripts.reap, args).await
     }
 
@@ -323,12 +350,22 @@ impl Store {
 
     /// The job's history after stream id `after` ("-" for the start), at most `count` events.
     pub async fn history(&self, id: &str, after: &str, count: usize) -> Result<Vec<HistoryEvent>, Error> {
-        let start = if after == "-" { "-".to_string() } else { format!("({after}") };
+        let start = if after == "-" {
+            "-".to_string()
+        } else {
+            format!("({after}")
+        };
         let v: Value = self
             .client
             .custom(
                 cmd("XRANGE"),
-                vec![format!("{PREFIX}job:{id}:events"), start, "+".into(), "COUNT".into(), count.to_string()],
+                vec![
+                    format!("{PREFIX}job:{id}:events"),
+                    start,
+                    "+".into(),
+                    "COUNT".into(),
+                    count.to_string(),
+                ],
             )
             .await?;
         parse_entries(v)?
@@ -338,7 +375,8 @@ impl Store {
                 let g = |k: &str| f.get(k).cloned().unwrap_or_default();
                 Ok(HistoryEvent {
                     sequence: g("seq").parse().unwrap_or(0),
-                    state: State::parse(&g("state")).ok_or_else(|| Error::Corrupt(format!("history state {:?}", g("state"))))?,
+                    state: State::parse(&g("state"))
+                        .ok_or_else(|| Error::Corrupt(format!("history state {:?}", g("state"))))?,
                     attempt: g("attempt").parse().unwrap_or(0),
                     worker_id: g("worker_id"),
                     at_ms: g("ts").parse().unwrap_or(0),
@@ -350,8 +388,18 @@ impl Store {
     }
 
     /// Lists job ids of `queues` × `states` after `cursor` (exclusive), oldest first.
-    pub async fn list_ids(&self, queues: &[String], states: &[State], cursor: &str, limit: usize) -> Result<Vec<String>, Error> {
-        let start = if cursor.is_empty() { "-".to_string() } else { format!("({cursor}") };
+    pub async fn list_ids(
+        &self,
+        queues: &[String],
+        states: &[State],
+        cursor: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        let start = if cursor.is_empty() {
+            "-".to_string()
+        } else {
+            format!("({cursor}")
+        };
         let pipeline = self.client.pipeline();
         let mut n = 0;
         for q in queues {
@@ -440,13 +488,27 @@ impl Store {
 
     /// Relay: up to `count` entries for `consumer`: its own unacknowledged ones first
     /// (a publish that failed), else new ones.
-    pub async fn outbox_read(&self, consumer: &str, count: usize, pending_first: bool) -> Result<Vec<OutboxEntry>, Error> {
+    pub async fn outbox_read(
+        &self,
+        consumer: &str,
+        count: usize,
+        pending_first: bool,
+    ) -> Result<Vec<OutboxEntry>, Error> {
         let id = if pending_first { "0" } else { ">" };
         let v: Value = self
             .client
             .custom(
                 cmd("XREADGROUP"),
-                vec!["GROUP", OUTBOX_GROUP, consumer, "COUNT", &count.to_string(), "STREAMS", OUTBOX, id],
+                vec![
+                    "GROUP",
+                    OUTBOX_GROUP,
+                    consumer,
+                    "COUNT",
+                    &count.to_string(),
+                    "STREAMS",
+                    OUTBOX,
+                    id,
+                ],
             )
             .await?;
         if v.is_null() {
@@ -471,7 +533,16 @@ impl Store {
             .client
             .custom(
                 cmd("XAUTOCLAIM"),
-                vec![OUTBOX, OUTBOX_GROUP, consumer, &idle_ms.to_string(), "0", "COUNT", &count.to_string(), "JUSTID"],
+                vec![
+                    OUTBOX,
+                    OUTBOX_GROUP,
+                    consumer,
+                    &idle_ms.to_string(),
+                    "0",
+                    "COUNT",
+                    &count.to_string(),
+                    "JUSTID",
+                ],
             )
             .await?;
         let mut parts = v.into_array().into_iter();

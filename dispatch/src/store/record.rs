@@ -130,18 +130,14 @@ impl JobRecord {
                 .map_err(|_| format!("field {k} is not a number: {v:?}"))
         };
         let opt = |k: &str| -> Option<u64> { f.get(k).and_then(|v| v.parse::<f64>().ok()).map(|x| x as u64) };
-        let float = |k: &str| -> Result<f64, String> {
-            s(k)?.parse::<f64>().map_err(|_| format!("field {k} is not a number"))
-        };
+        let float =
+            |k: &str| -> Result<f64, String> { s(k)?.parse::<f64>().map_err(|_| format!("field {k} is not a number")) };
         let state_s = s("state")?;
-        let error = match f.get("error") {
-            Some(m) => Some(JobError {
-                message: m.clone(),
-                retryable: f.get("error_retryable").map(|v| v == "1").unwrap_or(false),
-                attempt: opt("error_attempt").unwrap_or(0) as u32,
-            }),
-            None => None,
-        };
+        let error = f.get("error").map(|m| JobError {
+            message: m.clone(),
+            retryable: f.get("error_retryable").map(|v| v == "1").unwrap_or(false),
+            attempt: opt("error_attempt").unwrap_or(0) as u32,
+        });
         Ok(JobRecord {
             id: s("id")?,
             queue: s("queue")?,

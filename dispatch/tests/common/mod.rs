@@ -46,7 +46,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -106,7 +109,16 @@ impl Stack {
         let redis_port = free_port();
         let redis = Proc(
             Command::new("redis-server")
-                .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &redis_port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
@@ -154,7 +166,9 @@ impl Stack {
     }
 
     pub async fn nats_client(&self) -> async_nats::Client {
-        async_nats::connect(format!("nats://127.0.0.1:{}", self.nats_port)).await.unwrap()
+        async_nats::connect(format!("nats://127.0.0.1:{}", self.nats_port))
+            .await
+            .unwrap()
     }
 
     /// Worker settings pointing at this stack.
