@@ -61,9 +61,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     .map_err(|_| anyhow::anyhow!("timed out connecting to NATS at {}", config.nats_url))?
     .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
     let js = async_nats::jetstream::new(nats);
-    bus::ensure_streams(&js, &config.streams)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    // JetStream may still be starting (or recovering its store) when its port opens: retry.
+    let streams_deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match bus::ensure_streams(&js, &config.streams).await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() < streams_deadline => {
+                tracing::warn!(error = %e, "JetStream not ready; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(anyhow::Error::msg(e)),
+        }
+    }
 
     let listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await

@@ -314,6 +314,8 @@ async fn drained_worker_hands_running_jobs_back_at_once() {
     let mut s = Stack::start().await;
     let mut cfg = s.worker_config(&[("default", 2)]);
     cfg.drain_grace = Duration::from_millis(200);
+    // A long lease, so only a hand-back (not a lease expiry) can re-queue the job in time.
+    cfg.lease = Duration::from_secs(60);
     let token = s.spawn_worker(dispatch_worker::Worker::new(cfg).with_builtin_handlers());
     let job = s
         .create(json!({"queue":"default","type":"sleep","payload":{"durationMs": 60000}}))
@@ -322,8 +324,8 @@ async fn drained_worker_hands_running_jobs_back_at_once() {
         .unwrap();
     s.wait_state(&job.id, JobState::Running, T).await;
     token.cancel();
-    // Handed back with no delay: QUEUED on attempt 2 long before the 3 s lease would expire.
-    let j = eventually("job handed back", Duration::from_secs(2), || {
+    // Handed back with no delay: QUEUED on attempt 2 long before the 60 s lease would expire.
+    let j = eventually("job handed back", Duration::from_secs(10), || {
         let s = &s;
         let id = job.id.clone();
         async move {
@@ -336,5 +338,80 @@ async fn drained_worker_hands_running_jobs_back_at_once() {
     // Another worker takes it.
     s.spawn_builtin_worker(&[("default", 2)]);
     s.wait_state(&job.id, JobState::Running, T).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_run_message_is_republished_by_the_sweeper() {
+    let mut s = Stack::start_with(|c| c.loops.sweep_after_ms = 300).await;
+    let job = s.create(json!({"queue":"default","type":"noop"})).await.job.unwrap();
+    // Wait until the run message is in JetStream, then lose it.
+    let js = async_nats::jetstream::new(s.nats_client().await);
+    let mut stream = js.get_stream("DISPATCH_RUN").await.unwrap();
+    eventually("run message published", T, || {
+        let mut st = stream.clone();
+        async move { (st.info().await.ok()?.state.messages >= 1).then_some(()) }
+    })
+    .await;
+    stream.purge().await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    s.spawn_builtin_worker(&[("default", 2)]);
+    let done = s.wait_state(&job.id, JobState::Succeeded, T).await;
+    assert_eq!(done.attempt, 1);
+    s.stop().await;
+}
+
+/// Serves one canned HTTP response per connection on a free port; returns the base URL.
+async fn canned_http(status_line: &'static str, body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let resp = format!(
+                "HTTP/1.1 {status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        }
+    });
+    format!("http://{addr}/data")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_fetch_handler_returns_status_and_body() {
+    let mut s = Stack::start().await;
+    s.spawn_builtin_worker(&[("default", 2)]);
+    let ok_url = canned_http("200 OK", r#"{"price": 42}"#).await;
+    let job = s
+        .create(json!({"queue":"default","type":"http.fetch","payload":{"url": ok_url}}))
+        .await
+        .job
+        .unwrap();
+    let done = s.wait_state(&job.id, JobState::Succeeded, T).await;
+    assert_eq!(
+        dispatch_client::json::from_proto(done.result.as_ref()),
+        json!({"status": 200, "body": {"price": 42}})
+    );
+    // A 404 is not worth retrying: FAILED on the first attempt.
+    let missing = canned_http("404 Not Found", "{}").await;
+    let job = s
+        .create(json!({"queue":"default","type":"http.fetch","payload":{"url": missing},"options":{"maxAttempts":3}}))
+        .await
+        .job
+        .unwrap();
+    let failed = s.wait_state(&job.id, JobState::Failed, T).await;
+    assert_eq!(failed.attempt, 1);
+    assert!(failed.error.unwrap().message.contains("HTTP 404"));
+    // An unknown job type fails at once with a clear message.
+    let job = s
+        .create(json!({"queue":"default","type":"no.such.type"}))
+        .await
+        .job
+        .unwrap();
+    let failed = s.wait_state(&job.id, JobState::Failed, T).await;
+    assert!(failed.error.unwrap().message.contains("no handler"));
     s.stop().await;
 }

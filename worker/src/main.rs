@@ -83,3 +83,18 @@ async fn main() -> anyhow::Result<()> {
     });
     Worker::new(cfg).with_builtin_handlers().run(shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_queues;
+
+    #[test]
+    fn queue_flags_parse_with_defaults_and_errors() {
+        assert_eq!(
+            parse_queues("default=16, emails").unwrap(),
+            vec![("default".to_string(), 16), ("emails".to_string(), 4)]
+        );
+        assert!(parse_queues("a=zero").is_err());
+        assert!(parse_queues("a=0").is_err());
+    }
+}

@@ -105,6 +105,11 @@ pub fn test_config(redis_port: u16, nats_port: u16) -> Config {
 impl Stack {
     /// Starts Redis, NATS and one dispatch.
     pub async fn start() -> Stack {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`Stack::start`], with a change to the test configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let redis_port = free_port();
         let redis = Proc(
@@ -137,7 +142,8 @@ impl Stack {
         );
         wait_port(redis_port, "redis-server");
         wait_port(nats_port, "nats-server");
-        let config = test_config(redis_port, nats_port);
+        let mut config = test_config(redis_port, nats_port);
+        tweak(&mut config);
         let running = dispatch::start(config.clone()).await.expect("dispatch starts");
         let grpc = running.grpc_addr;
         Stack {

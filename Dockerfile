@@ -1,0 +1,12 @@
+# Builds both binaries; the image runs dispatch by default, `worker` for workers.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --bins
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/dispatch /src/target/release/worker /usr/local/bin/
+COPY dispatch.sample.toml /etc/dispatch/dispatch.toml
+EXPOSE 50051
+CMD ["dispatch", "-c", "/etc/dispatch/dispatch.toml", "--grpc-addr", "0.0.0.0:50051"]
