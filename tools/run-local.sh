@@ -3,6 +3,7 @@
 # storage), dispatch and two workers, all under .run/. Ctrl-C or SIGTERM stops everything.
 #
 # Ports default to the public contract; override with REDIS_PORT, NATS_PORT, GRPC_PORT.
+# Data and logs go to RUN_DIR (default .run/).
 # PROFILE=debug builds faster than the default release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ for p in "$REDIS_PORT" "$NATS_PORT" "$GRPC_PORT"; do
   fi
 done
 
-RUN=$ROOT/.run
+RUN=${RUN_DIR:-$ROOT/.run}
 mkdir -p "$RUN/redis" "$RUN/nats" "$RUN/logs"
 pids=()
 cleanup() {

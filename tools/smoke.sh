@@ -9,9 +9,10 @@ export REDIS_PORT=$(free_port) NATS_PORT=$(free_port) GRPC_PORT=$(free_port) PRO
 ADDR=127.0.0.1:$GRPC_PORT
 call() { .tools/venv/bin/grpcurl -plaintext -d "$2" "$ADDR" "dispatch.v1.JobService/$1"; }
 log=$(mktemp)
+export RUN_DIR=$(mktemp -d)
 setsid tools/run-local.sh >"$log" 2>&1 &
 stack=$!
-trap 'kill -TERM -- -$stack 2>/dev/null || true; wait $stack 2>/dev/null || true; rm -f "$log"' EXIT
+trap 'kill -TERM -- -$stack 2>/dev/null || true; wait $stack 2>/dev/null || true; rm -rf "$log" "$RUN_DIR"' EXIT
 for _ in $(seq 1 1800); do grep -q "Dispatch is running" "$log" && break; kill -0 $stack 2>/dev/null || { cat "$log"; exit 1; }; sleep 0.1; done
 grep -q "Dispatch is running" "$log" || { cat "$log"; echo "smoke: stack did not start"; exit 1; }
 

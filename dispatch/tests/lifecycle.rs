@@ -139,7 +139,7 @@ async fn cancel_scheduled_queued_and_running_jobs() {
     let j = api
         .cancel_job(pb::CancelJobRequest {
             id: running.id.clone(),
-            reason: String::new(),
+            reason: "superseded".into(),
         })
         .await
         .unwrap()
@@ -152,6 +152,11 @@ async fn cancel_scheduled_queued_and_running_jobs() {
         .wait_state(&running.id, JobState::Cancelled, Duration::from_secs(10))
         .await;
     assert_eq!(cancelled.attempt, 1);
+    assert_eq!(
+        cancelled.error.unwrap().message,
+        "superseded",
+        "the reason given to CancelJob is kept"
+    );
 
     // A finished job cannot be cancelled.
     let ok = s.create(json!({"queue":"default","type":"noop"})).await.job.unwrap();

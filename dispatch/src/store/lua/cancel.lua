@@ -12,7 +12,7 @@ if job.state == 'SCHEDULED' or job.state == 'QUEUED' then
   redis.call('HSET', jkey(id), 'finished_at', now, 'error', reason, 'error_retryable', 0, 'error_attempt', job.attempt)
   emit(job, 'cancelled', tonumber(job.attempt), now, nil, reason)
 elseif job.state == 'RUNNING' then
-  redis.call('HSET', jkey(id), 'cancel_requested', 1, 'updated_at', now)
+  redis.call('HSET', jkey(id), 'cancel_requested', 1, 'cancel_reason', reason, 'updated_at', now)
   redis.call('PUBLISH', P .. 'watch', id)
 elseif job.state ~= 'CANCELLED' then
   return { 'FAILED_PRECONDITION', 'job is already ' .. job.state }

@@ -73,7 +73,7 @@ end
 
 -- Fields a failed attempt needs (see fail_attempt).
 local FAIL_FIELDS = { 'queue', 'type', 'attempt', 'max_attempts', 'retry_base', 'cancel_requested',
-  'b_initial', 'b_max', 'b_mult', 'b_jitter', 'worker_id', 'traceparent' }
+  'b_initial', 'b_max', 'b_mult', 'b_jitter', 'worker_id', 'traceparent', 'cancel_reason' }
 
 -- Ends the current attempt of a RUNNING job as failed: CANCELLED when cancellation was
 -- requested, SCHEDULED (or QUEUED when delay is 0) while attempts are left and the error is
@@ -85,6 +85,8 @@ local function fail_attempt(job, err, retryable, delay, r, now)
   redis.call('HDEL', k, 'lease_id', 'lease_deadline')
   redis.call('HSET', k, 'error', err, 'error_retryable', retryable and 1 or 0, 'error_attempt', attempt)
   if job.cancel_requested == '1' then
+    err = job.cancel_reason or err
+    redis.call('HSET', k, 'error', err, 'error_retryable', 0)
     set_state(job, 'CANCELLED', now)
     redis.call('HSET', k, 'finished_at', now)
     emit(job, 'cancelled', attempt, now, job.worker_id, err)

@@ -10,6 +10,6 @@ end
 local attempt = tonumber(job.attempt)
 job.attempt = attempt + 1
 redis.call('HSET', jkey(id), 'attempt', job.attempt, 'retry_base', attempt, 'cancel_requested', 0, 'run_at', now)
-redis.call('HDEL', jkey(id), 'finished_at', 'result', 'done_lease', 'done_kind')
+redis.call('HDEL', jkey(id), 'finished_at', 'result', 'done_lease', 'done_kind', 'cancel_reason')
 enqueue(job, now)
 return reply('OK', id)
