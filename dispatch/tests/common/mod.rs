@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,9 +17,34 @@ use dispatch_worker::{Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-/// A free loopback port (bound then released).
+/// A free loopback port (bound then released), never the same one twice in this process, so
+/// parallel tests (and a server not yet bound) cannot be handed the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut taken = TAKEN.lock().unwrap();
+        if !taken.contains(&port) {
+            taken.push(port);
+            return port;
+        }
+    }
+}
+
+/// Waits until `log` contains `ready` (the server is up), or panics with the log.
+fn wait_ready(proc: &mut Proc, log: &std::path::Path, ready: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(ready) {
+            return;
+        }
+        if let Ok(Some(status)) = proc.0.try_wait() {
+            panic!("{what} exited ({status}):\n{text}");
+        }
+        assert!(Instant::now() < deadline, "{what} not ready after 20 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn workspace_root() -> PathBuf {
@@ -51,14 +76,6 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on port {port}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -112,7 +129,8 @@ impl Stack {
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let redis_port = free_port();
-        let redis = Proc(
+        let nats_port = free_port();
+        let mut redis = Proc(
             Command::new("redis-server")
                 .args([
                     "--port",
@@ -126,25 +144,42 @@ impl Stack {
                 ])
                 .arg("--dir")
                 .arg(dir.path())
+                .arg("--logfile")
+                .arg(dir.path().join("redis.log"))
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("redis-server on PATH (run tools/install.sh)"),
         );
-        let nats_port = free_port();
-        let nats = Proc(
+        let mut nats = Proc(
             Command::new(nats_server_bin())
                 .args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"])
                 .arg(dir.path().join("js"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .arg("-l")
+                .arg(dir.path().join("nats.log"))
                 .spawn()
                 .expect("nats-server (run tools/install.sh)"),
         );
-        wait_port(redis_port, "redis-server");
-        wait_port(nats_port, "nats-server");
+        wait_ready(
+            &mut redis,
+            &dir.path().join("redis.log"),
+            "Ready to accept connections",
+            "redis-server",
+        );
+        wait_ready(
+            &mut nats,
+            &dir.path().join("nats.log"),
+            "Server is ready",
+            "nats-server",
+        );
         let mut config = test_config(redis_port, nats_port);
         tweak(&mut config);
-        let running = dispatch::start(config.clone()).await.expect("dispatch starts");
+        let running = match dispatch::start(config.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                let log = std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default();
+                panic!("dispatch did not start: {e:#}\n--- nats.log ---\n{log}");
+            }
+        };
         let grpc = running.grpc_addr;
         Stack {
             dir,
