@@ -70,6 +70,9 @@ pub struct Loops {
     pub relay_batch: usize,
     /// An outbox entry taken by a relay that went quiet this long is taken over by another.
     pub relay_claim_idle_ms: u64,
+    /// Fault injection for tests: `false` runs no relay, as if this dispatch always died
+    /// between its Redis write and its publish. Never turn it off in production.
+    pub relay_enabled: bool,
 }
 
 /// JetStream stream settings.
@@ -126,6 +129,7 @@ impl Default for Loops {
             relay_poll_ms: 200,
             relay_batch: 512,
             relay_claim_idle_ms: 10_000,
+            relay_enabled: true,
         }
     }
 }

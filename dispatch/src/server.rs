@@ -121,15 +121,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "gRPC server failed");
         }
     }));
-    let consumer = format!("relay-{}", uuid::Uuid::new_v4().simple());
-    tasks.push(tokio::spawn(relay::run(
-        store.clone(),
-        js,
-        config.loops.clone(),
-        consumer,
-        relay_wake.clone(),
-        shutdown.clone(),
-    )));
+    if config.loops.relay_enabled {
+        let consumer = format!("relay-{}", uuid::Uuid::new_v4().simple());
+        tasks.push(tokio::spawn(relay::run(
+            store.clone(),
+            js,
+            config.loops.clone(),
+            consumer,
+            relay_wake.clone(),
+            shutdown.clone(),
+        )));
+    } else {
+        tracing::warn!("outbox relay disabled (fault injection): nothing will be published");
+    }
     tasks.push(tokio::spawn(background::run(
         store,
         config.loops.clone(),

@@ -234,9 +234,9 @@ async fn idempotency_key_returns_the_same_job() {
         .await;
     assert!(other.created);
     assert_ne!(other.job.unwrap().id, first.job.as_ref().unwrap().id);
-    // Concurrent callers: exactly one job.
+    // 100 concurrent callers: exactly one job.
     let mut tasks = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..100 {
         let client = s.jobs().await;
         tasks.push(tokio::spawn(async move {
             let mut c = client;

@@ -89,6 +89,27 @@ impl Drop for Proc {
     }
 }
 
+/// Starts nats-server with JetStream on `port`, storing under `dir/js`, logging to
+/// `dir/nats.log` (appended, so a restart adds to it).
+fn spawn_nats(dir: &std::path::Path, port: u16) -> Proc {
+    Proc(
+        Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.join("js"))
+            .arg("-l")
+            .arg(dir.join("nats.log"))
+            .spawn()
+            .expect("nats-server (run tools/install.sh)"),
+    )
+}
+
+/// The `worker` binary, built beside this test's `dispatch` binary by `cargo test --workspace`.
+pub fn worker_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_dispatch")).with_file_name("worker");
+    assert!(p.exists(), "{} missing: run `cargo build --bins` first", p.display());
+    p
+}
+
 /// Redis + NATS + dispatch, for one test.
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -150,15 +171,7 @@ impl Stack {
                 .spawn()
                 .expect("redis-server on PATH (run tools/install.sh)"),
         );
-        let mut nats = Proc(
-            Command::new(nats_server_bin())
-                .args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"])
-                .arg(dir.path().join("js"))
-                .arg("-l")
-                .arg(dir.path().join("nats.log"))
-                .spawn()
-                .expect("nats-server (run tools/install.sh)"),
-        );
+        let mut nats = spawn_nats(dir.path(), nats_port);
         wait_ready(
             &mut redis,
             &dir.path().join("redis.log"),
@@ -268,6 +281,43 @@ impl Stack {
             }
         })
         .await
+    }
+
+    /// Starts the `worker` binary with the built-in handlers on `queue`, as a process.
+    pub fn spawn_worker_process(&self, id: &str, queue: &str, concurrency: usize, lease_s: u64) -> Proc {
+        Proc(
+            Command::new(worker_bin())
+                .args(["--worker-id", id, "--dispatch-url", &self.url()])
+                .args(["--nats-url", &format!("nats://127.0.0.1:{}", self.nats_port)])
+                .args(["--queues", &format!("{queue}={concurrency}")])
+                .args(["--lease-s", &lease_s.to_string(), "--drain-grace-s", "5"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("worker binary"),
+        )
+    }
+
+    /// Kills nats-server with SIGKILL and starts it again on the same port and store.
+    pub fn restart_nats(&mut self) {
+        let _ = self.nats.0.kill();
+        let _ = self.nats.0.wait();
+        let log = self.dir.path().join("nats.log");
+        let before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("Server is ready")
+            .count();
+        self.nats = spawn_nats(self.dir.path(), self.nats_port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("Server is ready")
+            .count()
+            <= before
+        {
+            assert!(Instant::now() < deadline, "nats-server did not restart");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stops the workers (drain) and dispatch.

@@ -1,0 +1,263 @@
+//! Faults with real processes: workers killed, stopped and resumed, NATS killed and restarted,
+//! dispatch dying between its Redis write and its publish. Each test states its pass criterion.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{Stack, eventually};
+use dispatch_client::pb::{self, JobState};
+use futures::StreamExt;
+use prost::Message;
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(60);
+
+fn signal(proc: &common::Proc, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &proc.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+async fn create_many(s: &Stack, n: usize, job: serde_json::Value) -> Vec<String> {
+    let jobs: Vec<serde_json::Value> = (0..n).map(|_| job.clone()).collect();
+    let req: pb::CreateJobsRequest = serde_json::from_value(json!({ "jobs": jobs })).unwrap();
+    let resp = s.jobs().await.create_jobs(req).await.unwrap().into_inner();
+    resp.results.into_iter().map(|r| r.job.unwrap().id).collect()
+}
+
+async fn count_in_state(s: &Stack, queue: &str, state: JobState) -> usize {
+    let r = s
+        .jobs()
+        .await
+        .list_jobs(pb::ListJobsRequest {
+            queue: queue.into(),
+            state: state as i32,
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    r.into_inner().jobs.len()
+}
+
+/// Collects `job_complete` events per job id until `n` distinct jobs completed, then anything
+/// already delivered beyond that.
+async fn completions(sub: &mut async_nats::Subscriber, n: usize) -> HashMap<String, usize> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    tokio::time::timeout(T, async {
+        while seen.len() < n {
+            let m = sub.next().await.unwrap();
+            *seen.entry(pb::JobEvent::decode(m.payload).unwrap().job_id).or_default() += 1;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {n} completions published", seen.len()));
+    while let Some(Some(m)) = futures::FutureExt::now_or_never(sub.next()) {
+        *seen.entry(pb::JobEvent::decode(m.payload).unwrap().job_id).or_default() += 1;
+    }
+    seen
+}
+
+/// Pass: every job ends SUCCEEDED, each completion is published once, and the jobs the dead
+/// worker held run again within lease + backoff + one sweep (plus scheduling slack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_killed_with_jobs_in_flight_loses_nothing() {
+    let s = Stack::start_with(|c| c.loops.sweep_after_ms = 1_000).await;
+    let nats = s.nats_client().await;
+    let mut complete = nats.subscribe("job_complete.>").await.unwrap();
+    nats.flush().await.unwrap();
+    let lease_s = 3;
+    let a = s.spawn_worker_process("victim", "default", 40, lease_s);
+    let ids = create_many(
+        &s,
+        40,
+        json!({"queue":"default","type":"sleep","payload":{"durationMs": 4000},"options":{"maxAttempts":5,"backoff":{"initial":"0.1s"}}}),
+    )
+    .await;
+    eventually("the victim to hold 20 jobs", T, || async {
+        (count_in_state(&s, "default", JobState::Running).await >= 20).then_some(())
+    })
+    .await;
+    drop(a); // SIGKILL
+    let killed_at = Instant::now();
+    let _b = s.spawn_worker_process("rescuer", "default", 40, lease_s);
+    // Recovery: all 40 are running again (attempt 2 for the victim's) or done.
+    let bound = Duration::from_secs(lease_s)
+        + Duration::from_millis(200)
+        + Duration::from_millis(1_000 + 200)
+        + Duration::from_secs(3);
+    eventually("every job to be re-run", bound, || async {
+        let mut ok = 0;
+        for id in &ids {
+            let j = s.get(id).await;
+            if j.state == JobState::Succeeded as i32
+                || (j.state == JobState::Running as i32 && j.lease.as_ref().is_some_and(|l| l.worker_id == "rescuer"))
+            {
+                ok += 1;
+            }
+        }
+        (ok == ids.len()).then_some(())
+    })
+    .await;
+    let recovery = killed_at.elapsed();
+    for id in &ids {
+        let j = s.wait_state(id, JobState::Succeeded, T).await;
+        assert!(j.attempt <= 2, "job {id} ran {} times", j.attempt);
+    }
+    let seen = completions(&mut complete, ids.len()).await;
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "a completion was published twice: {seen:?}"
+    );
+    eprintln!("recovery after kill -9: {recovery:?} (bound {bound:?})");
+    s.stop().await;
+}
+
+/// Pass: a worker frozen past its lease comes back to find its report refused; the record
+/// shows exactly one completion, by the worker that took over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frozen_worker_late_report_is_refused() {
+    let s = Stack::start().await;
+    let nats = s.nats_client().await;
+    let mut complete = nats.subscribe("job_complete.>").await.unwrap();
+    nats.flush().await.unwrap();
+    let a = s.spawn_worker_process("frozen", "default", 4, 3);
+    let id = create_many(&s, 1, json!({"queue":"default","type":"sleep","payload":{"durationMs": 2000},"options":{"backoff":{"initial":"0.1s"}}})).await.remove(0);
+    s.wait_state(&id, JobState::Running, T).await;
+    signal(&a, "-STOP");
+    // The lease (3 s) expires; the reaper re-queues attempt 2.
+    eventually("lease reaped", T, || async {
+        let j = s.get(&id).await;
+        (j.attempt == 2).then_some(())
+    })
+    .await;
+    let mut b = s.spawn_worker_process("rescuer", "default", 4, 3);
+    let done = s.wait_state(&id, JobState::Succeeded, T).await;
+    assert_eq!(done.attempt, 2);
+    // Wake the frozen worker and let it finish and report, then stop it.
+    signal(&a, "-CONT");
+    signal(&a, "-TERM");
+    let mut a = a;
+    let exited = eventually("frozen worker to drain and exit", T, || {
+        let r = a.0.try_wait().unwrap();
+        async move { r }
+    })
+    .await;
+    assert!(exited.success());
+    assert_eq!(s.get(&id).await, done, "the late report changed nothing");
+    let seen = completions(&mut complete, 1).await;
+    assert_eq!(seen.get(&id), Some(&1));
+    signal(&b, "-TERM");
+    let _ = b.0.wait();
+    s.stop().await;
+}
+
+/// Pass: a job running five times longer than its lease, heartbeating, runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_job_with_heartbeats_is_never_rerun() {
+    let mut s = Stack::start().await;
+    let mut cfg = s.worker_config(&[("default", 2)]);
+    cfg.lease = Duration::from_secs(1);
+    s.spawn_worker(dispatch_worker::Worker::new(cfg).with_builtin_handlers());
+    let id = create_many(
+        &s,
+        1,
+        json!({"queue":"default","type":"sleep","payload":{"durationMs": 5000}}),
+    )
+    .await
+    .remove(0);
+    let done = s.wait_state(&id, JobState::Succeeded, T).await;
+    assert_eq!(done.attempt, 1);
+    assert!(done.error.is_none(), "no failed attempt: {:?}", done.error);
+    s.stop().await;
+}
+
+/// Pass: a poison job is tried exactly maxAttempts times, then FAILED with job_failed; the
+/// other jobs are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_job_is_dead_lettered_after_max_attempts() {
+    let mut s = Stack::start().await;
+    let nats = s.nats_client().await;
+    let mut failed = nats.subscribe("job_failed.>").await.unwrap();
+    nats.flush().await.unwrap();
+    s.spawn_builtin_worker(&[("default", 8)]);
+    let poison = create_many(&s, 1, json!({"queue":"default","type":"fail","payload":{"probability":1},"options":{"maxAttempts":4,"backoff":{"initial":"0.05s"}}})).await.remove(0);
+    let good = create_many(&s, 30, json!({"queue":"default","type":"noop"})).await;
+    let dead = s.wait_state(&poison, JobState::Failed, T).await;
+    assert_eq!(dead.attempt, 4);
+    for id in &good {
+        assert_eq!(s.wait_state(id, JobState::Succeeded, T).await.attempt, 1);
+    }
+    let mut events = Vec::new();
+    tokio::time::timeout(T, async {
+        while events.last().map(|e: &pb::JobEvent| e.state) != Some(JobState::Failed as i32) {
+            let e = pb::JobEvent::decode(failed.next().await.unwrap().payload).unwrap();
+            assert_eq!(e.job_id, poison, "only the poison job fails");
+            events.push(e);
+        }
+    })
+    .await
+    .expect("job_failed with state FAILED");
+    assert_eq!(events.iter().map(|e| e.attempt).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    s.stop().await;
+}
+
+/// Pass: jobs written while no relay ran (dispatch "died" between its Redis write and its
+/// publish) are published by the next dispatch and all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dispatch_dying_before_publish_loses_nothing() {
+    let mut s = Stack::start_with(|c| c.loops.relay_enabled = false).await;
+    let ids = create_many(&s, 25, json!({"queue":"default","type":"noop"})).await;
+    let store = dispatch::store::Store::connect(&s.config.redis_url).await.unwrap();
+    assert_eq!(
+        store.outbox_len().await.unwrap(),
+        25,
+        "written to the outbox, not published"
+    );
+    s.dispatch.take().unwrap().shutdown().await;
+    let mut config = s.config.clone();
+    config.loops.relay_enabled = true;
+    let restarted = dispatch::start(config).await.unwrap();
+    s.grpc = restarted.grpc_addr;
+    s.dispatch = Some(restarted);
+    s.spawn_builtin_worker(&[("default", 8)]);
+    for id in &ids {
+        s.wait_state(id, JobState::Succeeded, T).await;
+    }
+    eventually("outbox drained", T, || async {
+        (store.outbox_len().await.ok()? == 0).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
+
+/// Pass: NATS killed with SIGKILL and restarted while jobs flow: every accepted job succeeds,
+/// dispatch and the worker reconnect, and the outbox drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_killed_and_restarted_under_load_loses_nothing() {
+    let mut s = Stack::start_with(|c| c.loops.sweep_after_ms = 2_000).await;
+    s.spawn_builtin_worker(&[("default", 16)]);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.extend(create_many(&s, 40, json!({"queue":"default","type":"noop"})).await);
+    }
+    s.restart_nats();
+    // Keep submitting: dispatch only needs Redis to accept jobs.
+    for _ in 0..5 {
+        ids.extend(create_many(&s, 40, json!({"queue":"default","type":"noop"})).await);
+    }
+    for id in &ids {
+        s.wait_state(id, JobState::Succeeded, T).await;
+    }
+    let store = dispatch::store::Store::connect(&s.config.redis_url).await.unwrap();
+    eventually("outbox drained", T, || async {
+        (store.outbox_len().await.ok()? == 0).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
