@@ -289,4 +289,44 @@ mod tests {
             fields.len()
         );
     }
+
+    proptest::proptest! {
+        /// Any request: no panic; an accepted one is within every documented limit.
+        #[test]
+        fn validation_never_panics_and_accepts_only_valid_jobs(
+            queue in ".{0,140}", job_type in ".{0,140}", key in ".{0,300}",
+            max_attempts in proptest::prelude::any::<u32>(),
+            t_s in proptest::prelude::any::<i64>(), t_n in proptest::prelude::any::<i32>(),
+            b_s in proptest::prelude::any::<i64>(), mult in proptest::prelude::any::<f64>(),
+            jitter in proptest::prelude::any::<f64>(), delay_s in proptest::prelude::any::<i64>(),
+            label in "[a-z/._-]{0,70}",
+        ) {
+            let r = pb::CreateJobRequest {
+                queue: queue.clone(),
+                r#type: job_type.clone(),
+                payload: None,
+                options: Some(pb::JobOptions {
+                    max_attempts,
+                    timeout: Some(Duration { seconds: t_s, nanos: t_n }),
+                    backoff: Some(pb::Backoff { initial: Some(Duration { seconds: b_s, nanos: 0 }), max: None, multiplier: mult, jitter }),
+                    delay: Some(Duration { seconds: delay_s, nanos: 0 }),
+                    idempotency_key: key,
+                    labels: [(label, "v".to_string())].into_iter().collect(),
+                    ..Default::default()
+                }),
+            };
+            let mut errs = FieldErrors::default();
+            let job = limits().new_job(&mut errs, "", &r, "");
+            if errs.is_empty() {
+                proptest::prop_assert!(!job.queue.is_empty() && job.queue.len() <= 128);
+                proptest::prop_assert!(job.queue.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+                proptest::prop_assert!((1..=1000).contains(&job.max_attempts));
+                proptest::prop_assert!(job.timeout_ms > 0 && job.timeout_ms <= DAY_MS);
+                proptest::prop_assert!(job.backoff.initial_ms <= job.backoff.max_ms);
+                proptest::prop_assert!((1.0..=100.0).contains(&job.backoff.multiplier));
+                proptest::prop_assert!((0.0..=1.0).contains(&job.backoff.jitter));
+                proptest::prop_assert!(job.delay_ms <= YEAR_MS);
+            }
+        }
+    }
 }

@@ -32,7 +32,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until `log` contains `ready` (the server is up), or panics with the log.
-fn wait_ready(proc: &mut Proc, log: &std::path::Path, ready: &str, what: &str) {
+pub fn wait_ready(proc: &mut Proc, log: &std::path::Path, ready: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -103,6 +103,30 @@ fn spawn_nats(dir: &std::path::Path, port: u16) -> Proc {
     )
 }
 
+/// Starts redis-server on `port` with its data (AOF on) and log under `dir`.
+pub fn spawn_redis(dir: &std::path::Path, port: u16) -> Proc {
+    Proc(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (run tools/install.sh)"),
+    )
+}
+
 /// The `worker` binary, built beside this test's `dispatch` binary by `cargo test --workspace`.
 pub fn worker_bin() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_BIN_EXE_dispatch")).with_file_name("worker");
@@ -151,26 +175,7 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let redis_port = free_port();
         let nats_port = free_port();
-        let mut redis = Proc(
-            Command::new("redis-server")
-                .args([
-                    "--port",
-                    &redis_port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(dir.path())
-                .arg("--logfile")
-                .arg(dir.path().join("redis.log"))
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server on PATH (run tools/install.sh)"),
-        );
+        let mut redis = spawn_redis(dir.path(), redis_port);
         let mut nats = spawn_nats(dir.path(), nats_port);
         wait_ready(
             &mut redis,
@@ -316,6 +321,32 @@ impl Stack {
             <= before
         {
             assert!(Instant::now() < deadline, "nats-server did not restart");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills redis-server with SIGKILL (nothing restarts it until [`Stack::start_redis`]).
+    pub fn kill_redis(&mut self) {
+        let _ = self.redis.0.kill();
+        let _ = self.redis.0.wait();
+    }
+
+    /// Starts redis-server again on the same port and data directory (its AOF is replayed).
+    pub fn start_redis(&mut self) {
+        let log = self.dir.path().join("redis.log");
+        let before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("Ready to accept")
+            .count();
+        self.redis = spawn_redis(self.dir.path(), self.redis_port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("Ready to accept")
+            .count()
+            <= before
+        {
+            assert!(Instant::now() < deadline, "redis-server did not restart");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
