@@ -8,5 +8,6 @@ tools/install.sh
 echo "== cargo fmt --check"; cargo fmt --all -- --check
 echo "== cargo clippy"; cargo clippy --all-targets -- -D warnings
 echo "== buf lint"; .tools/node/node_modules/.bin/buf lint
-echo "== cargo test"; cargo test --workspace
+echo "== cargo test"; cargo build --bins  # the chaos tests run the worker binary
+cargo test --workspace
 echo "== smoke (make run + grpcurl)"; tools/smoke.sh

@@ -50,6 +50,9 @@ pub struct JobDefaults {
     pub idempotency_window_ms: u64,
     /// Largest payload accepted, in bytes of JSON.
     pub max_payload_bytes: usize,
+    /// Jobs that may be in the middle of being created at once (across all callers); beyond
+    /// it CreateJob/CreateJobs get RESOURCE_EXHAUSTED, so memory stays bounded under overload.
+    pub max_inflight_creates: usize,
 }
 
 /// Timing of the background loops.
@@ -115,6 +118,7 @@ impl Default for JobDefaults {
             lease_ms: 30_000,
             idempotency_window_ms: 24 * 3600 * 1000,
             max_payload_bytes: 1 << 20,
+            max_inflight_creates: 10_000,
         }
     }
 }
@@ -222,6 +226,9 @@ impl Config {
         }
         if j.backoff_initial_ms > j.backoff_max_ms {
             return bad("jobs.backoff_initial_ms must not exceed jobs.backoff_max_ms");
+        }
+        if j.max_inflight_creates == 0 {
+            return bad("jobs.max_inflight_creates must be positive");
         }
         if self.loops.relay_batch == 0 {
             return bad("loops.relay_batch must be positive");

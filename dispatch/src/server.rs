@@ -90,6 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config: config.clone(),
         relay_wake: relay_wake.clone(),
         hub,
+        admission: Arc::new(tokio::sync::Semaphore::new(config.jobs.max_inflight_creates)),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -307,3 +307,19 @@ async fn redis_restarted_under_load_loses_nothing_and_callers_see_unavailable() 
     }
     s.stop().await;
 }
+
+/// Pass: past its admission limit dispatch answers RESOURCE_EXHAUSTED and writes nothing,
+/// and it accepts work again once below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_capacity_creates_get_resource_exhausted() {
+    let s = Stack::start_with(|c| c.jobs.max_inflight_creates = 10).await;
+    let req: pb::CreateJobsRequest = serde_json::from_value(
+        json!({"jobs": (0..11).map(|_| json!({"queue":"q","type":"noop"})).collect::<Vec<_>>()}),
+    )
+    .unwrap();
+    let e = s.jobs().await.create_jobs(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(count_in_state(&s, "q", JobState::Queued).await, 0, "nothing written");
+    assert_eq!(create_many(&s, 10, json!({"queue":"q","type":"noop"})).await.len(), 10);
+    s.stop().await;
+}

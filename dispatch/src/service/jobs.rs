@@ -46,6 +46,7 @@ impl JobService for JobApi {
         let mut errs = FieldErrors::default();
         let job = self.0.limits.new_job(&mut errs, "", req.get_ref(), &tp);
         errs.into_result(())?;
+        let _permit = self.0.admit(1)?;
         let resp = self.create_one(uuid::Uuid::now_v7().to_string(), &job).await?;
         self.0.relay_wake.notify_one();
         Ok(Response::new(resp))
@@ -67,6 +68,7 @@ impl JobService for JobApi {
             .map(|(i, r)| self.0.limits.new_job(&mut errs, &format!("jobs[{i}]."), r, &tp))
             .collect();
         errs.into_result(())?;
+        let _permit = self.0.admit(jobs.len())?;
         let results = futures::future::try_join_all(
             jobs.iter()
                 .map(|job| self.create_one(uuid::Uuid::now_v7().to_string(), job)),
