@@ -10,4 +10,6 @@ echo "== cargo clippy"; cargo clippy --all-targets -- -D warnings
 echo "== buf lint"; .tools/node/node_modules/.bin/buf lint
 echo "== cargo test"; cargo build --bins  # the chaos tests run the worker binary
 cargo test --workspace
+echo "== loadcheck (short: 1000 jobs, a worker killed every second, NATS restarted every 3 s)"
+./target/debug/loadcheck --jobs 1000 --kill-every-ms 1000 --nats-restart-every-ms 3000
 echo "== smoke (make run + grpcurl)"; tools/smoke.sh

@@ -1,7 +1,7 @@
 //! Faults with real processes: workers killed, stopped and resumed, NATS killed and restarted,
 //! dispatch dying between its Redis write and its publish. Each test states its pass criterion.
 
-mod common;
+use dispatch_testkit as common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! End-to-end job life cycle on real Redis, NATS, dispatch and workers.
 
-mod common;
+use dispatch_testkit as common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The worker protocol's fencing, the lease reaper, NATS subjects and input validation, on
 //! real Redis, NATS and dispatch.
 
-mod common;
+use dispatch_testkit as common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! never leave the indexes inconsistent with the record, and a refused operation never
 //! changes the record.
 
-mod common;
+use dispatch_testkit as common;
 
 use std::collections::HashMap;
 

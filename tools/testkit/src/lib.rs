@@ -1,7 +1,6 @@
-//! Test harness: starts a real redis-server and nats-server (JetStream) on free loopback
-//! ports in a temp dir, dispatch in-process, and workers in-process. Everything stops when
-//! the `Stack` is dropped.
-#![allow(dead_code)]
+//! Test harness shared by the integration tests and `loadcheck`: starts a real redis-server
+//! and nats-server (JetStream) on free loopback ports in a temp dir, dispatch in-process, and
+//! workers in-process or as `worker` processes. Everything stops when the `Stack` is dropped.
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -48,7 +47,7 @@ pub fn wait_ready(proc: &mut Proc, log: &std::path::Path, ready: &str, what: &st
 }
 
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The nats-server installed by `tools/install.sh` (or `NATS_SERVER` / PATH).
@@ -127,11 +126,20 @@ pub fn spawn_redis(dir: &std::path::Path, port: u16) -> Proc {
     )
 }
 
-/// The `worker` binary, built beside this test's `dispatch` binary by `cargo test --workspace`.
+/// The `worker` binary, built beside the running executable (`cargo build --bins`).
 pub fn worker_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_dispatch")).with_file_name("worker");
-    assert!(p.exists(), "{} missing: run `cargo build --bins` first", p.display());
-    p
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/loadcheck or target/<profile>/deps/<test>-<hash>
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join("worker");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "worker binary not found near {}: run `cargo build --bins` first",
+        exe.display()
+    );
 }
 
 /// Redis + NATS + dispatch, for one test.
