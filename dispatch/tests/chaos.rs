@@ -323,3 +323,102 @@ async fn over_capacity_creates_get_resource_exhausted() {
     assert_eq!(create_many(&s, 10, json!({"queue":"q","type":"noop"})).await.len(), 10);
     s.stop().await;
 }
+
+/// Pass: SIGTERM to a busy worker process: jobs that finish within the grace period succeed
+/// on their first attempt, the others are handed back at once (attempt 2 well before the
+/// 30 s lease could expire), and the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_on_a_busy_worker_drains_and_hands_back() {
+    let s = Stack::start().await;
+    let mut w = s.spawn_worker_process_with("busy", "default", 20, 30, 3);
+    let short = create_many(
+        &s,
+        5,
+        json!({"queue":"default","type":"sleep","payload":{"durationMs": 1500}}),
+    )
+    .await;
+    let long = create_many(
+        &s,
+        5,
+        json!({"queue":"default","type":"sleep","payload":{"durationMs": 60000}}),
+    )
+    .await;
+    eventually("all ten running", T, || async {
+        (count_in_state(&s, "default", JobState::Running).await == 10).then_some(())
+    })
+    .await;
+    signal(&w, "-TERM");
+    let signalled = Instant::now();
+    let status = eventually("worker to exit", Duration::from_secs(15), || {
+        let r = w.0.try_wait().unwrap();
+        async move { r }
+    })
+    .await;
+    assert!(status.success(), "{status}");
+    for id in &short {
+        assert_eq!(s.wait_state(id, JobState::Succeeded, T).await.attempt, 1);
+    }
+    for id in &long {
+        let j = s.get(id).await;
+        assert_eq!(
+            (j.state, j.attempt),
+            (JobState::Queued as i32, 2),
+            "handed back at once"
+        );
+    }
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "drain took {:?}",
+        signalled.elapsed()
+    );
+    s.stop().await;
+}
+
+/// Pass: with two dispatch replicas reaping at once, every expired lease is reaped once:
+/// attempt 2 and one `job_failed` event per job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_reap_each_expired_lease_once() {
+    let s = Stack::start().await;
+    let second = dispatch::start(s.config.clone()).await.unwrap();
+    let nats = s.nats_client().await;
+    let mut failed = nats.subscribe("job_failed.>").await.unwrap();
+    nats.flush().await.unwrap();
+    let ids = create_many(
+        &s,
+        30,
+        json!({"queue":"manual","type":"noop","options":{"backoff":{"initial":"60s"}}}),
+    )
+    .await;
+    let mut w = s.workers_api().await;
+    for id in &ids {
+        w.claim_job(pb::ClaimJobRequest {
+            job_id: id.clone(),
+            attempt: 1,
+            worker_id: "gone".into(),
+            lease_duration: Some(pbjson_types::Duration { seconds: 1, nanos: 0 }),
+        })
+        .await
+        .unwrap();
+    }
+    for id in &ids {
+        let j = s.wait_state(id, JobState::Scheduled, T).await;
+        assert_eq!(j.attempt, 2);
+    }
+    let mut per_job: HashMap<String, usize> = HashMap::new();
+    tokio::time::timeout(T, async {
+        while per_job.len() < ids.len() {
+            let e = pb::JobEvent::decode(failed.next().await.unwrap().payload).unwrap();
+            *per_job.entry(e.job_id).or_default() += 1;
+        }
+    })
+    .await
+    .expect("a job_failed per reaped job");
+    while let Some(Some(m)) = futures::FutureExt::now_or_never(failed.next()) {
+        *per_job
+            .entry(pb::JobEvent::decode(m.payload).unwrap().job_id)
+            .or_default() += 1;
+    }
+    assert!(per_job.values().all(|&n| n == 1), "reaped twice: {per_job:?}");
+    second.shutdown().await;
+    s.stop().await;
+}

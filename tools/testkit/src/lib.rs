@@ -298,12 +298,29 @@ impl Stack {
 
     /// Starts the `worker` binary with the built-in handlers on `queue`, as a process.
     pub fn spawn_worker_process(&self, id: &str, queue: &str, concurrency: usize, lease_s: u64) -> Proc {
+        self.spawn_worker_process_with(id, queue, concurrency, lease_s, 5)
+    }
+
+    /// Like [`Stack::spawn_worker_process`], with a drain grace period in seconds.
+    pub fn spawn_worker_process_with(
+        &self,
+        id: &str,
+        queue: &str,
+        concurrency: usize,
+        lease_s: u64,
+        grace_s: u64,
+    ) -> Proc {
         Proc(
             Command::new(worker_bin())
                 .args(["--worker-id", id, "--dispatch-url", &self.url()])
                 .args(["--nats-url", &format!("nats://127.0.0.1:{}", self.nats_port)])
                 .args(["--queues", &format!("{queue}={concurrency}")])
-                .args(["--lease-s", &lease_s.to_string(), "--drain-grace-s", "5"])
+                .args([
+                    "--lease-s",
+                    &lease_s.to_string(),
+                    "--drain-grace-s",
+                    &grace_s.to_string(),
+                ])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .spawn()
