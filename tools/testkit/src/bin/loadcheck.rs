@@ -26,6 +26,9 @@ struct Args {
     /// Jobs per CreateJobs call.
     #[arg(long, default_value_t = 200)]
     batch: usize,
+    /// Concurrent submitting callers (many, with big batches, overload dispatch on purpose).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
     /// Worker processes.
     #[arg(long, default_value_t = 3)]
     workers: usize,
@@ -60,30 +63,44 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let started = Instant::now();
 
-    // Submit in the background while faults are injected.
-    let mut client = stack.jobs().await;
-    let (jobs, batch, max_ms) = (args.jobs, args.batch, args.max_job_ms);
-    let submitter = tokio::spawn(async move {
-        let mut ids = Vec::with_capacity(jobs);
-        let mut rejected = 0usize;
-        while ids.len() + rejected < jobs {
-            let n = batch.min(jobs - ids.len() - rejected);
-            let reqs = (0..n)
-                .map(|_| {
-                    let ms = rand::rng().random_range(0..=max_ms);
-                    serde_json::from_value(
-                        serde_json::json!({"queue":"default","type":"sleep","payload":{"durationMs": ms}}),
-                    )
-                    .unwrap()
-                })
-                .collect();
-            match client.create_jobs(pb::CreateJobsRequest { jobs: reqs }).await {
-                Ok(r) => ids.extend(r.into_inner().results.into_iter().filter_map(|r| r.job.map(|j| j.id))),
-                // Not accepted, so not promised: counted apart.
-                Err(_) => rejected += n,
+    // Submit in the background while faults are injected, from `clients` concurrent callers.
+    let mut tasks = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let mut client = stack.jobs().await;
+        let share = args.jobs / args.clients.max(1) + usize::from(c < args.jobs % args.clients.max(1));
+        let (batch, max_ms) = (args.batch, args.max_job_ms);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(share);
+            let mut rejected = 0usize;
+            while ids.len() + rejected < share {
+                let n = batch.min(share - ids.len() - rejected);
+                let reqs = (0..n)
+                    .map(|_| {
+                        let ms = rand::rng().random_range(0..=max_ms);
+                        serde_json::from_value(
+                            serde_json::json!({"queue":"default","type":"sleep","payload":{"durationMs": ms}}),
+                        )
+                        .unwrap()
+                    })
+                    .collect();
+                match client.create_jobs(pb::CreateJobsRequest { jobs: reqs }).await {
+                    Ok(r) => ids.extend(r.into_inner().results.into_iter().filter_map(|r| r.job.map(|j| j.id))),
+                    // Not accepted (RESOURCE_EXHAUSTED under overload), so not promised.
+                    Err(_) => rejected += n,
+                }
             }
+            (ids, rejected)
+        }));
+    }
+    let submitter = tokio::spawn(async move {
+        let mut all = Vec::new();
+        let mut rejected = 0;
+        for t in tasks {
+            let (ids, r) = t.await.unwrap();
+            all.extend(ids);
+            rejected += r;
         }
-        (ids, rejected)
+        (all, rejected)
     });
 
     let deadline = started + Duration::from_secs(args.timeout_s);
@@ -174,6 +191,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "loadcheck: completion events missing for {missing_events} jobs (events are notifications; Redis is the record)"
     );
+    println!(
+        "loadcheck: peak RSS of this process (dispatch runs in it): {} MB",
+        peak_rss_mb()
+    );
     println!("lost {lost}, completed twice {twice}, stuck {}", stuck.len());
     drop(workers);
     stack.stop().await;
@@ -216,4 +237,14 @@ async fn completions_per_job(stack: &Stack) -> anyhow::Result<HashMap<String, us
         }
     }
     Ok(per_job)
+}
+
+/// Peak resident memory of this process (VmHWM), in MB.
+fn peak_rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
 }
