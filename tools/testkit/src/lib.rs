@@ -332,22 +332,10 @@ impl Stack {
     pub fn restart_nats(&mut self) {
         let _ = self.nats.0.kill();
         let _ = self.nats.0.wait();
-        let log = self.dir.path().join("nats.log");
-        let before = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("Server is ready")
-            .count();
-        self.nats = spawn_nats(self.dir.path(), self.nats_port);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("Server is ready")
-            .count()
-            <= before
-        {
-            assert!(Instant::now() < deadline, "nats-server did not restart");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (dir, port) = (self.dir.path().to_path_buf(), self.nats_port);
+        restart_and_wait(&dir.join("nats.log"), "Server is ready", "nats-server", || {
+            self.nats = spawn_nats(&dir, port)
+        });
     }
 
     /// Kills redis-server with SIGKILL (nothing restarts it until [`Stack::start_redis`]).
@@ -358,22 +346,10 @@ impl Stack {
 
     /// Starts redis-server again on the same port and data directory (its AOF is replayed).
     pub fn start_redis(&mut self) {
-        let log = self.dir.path().join("redis.log");
-        let before = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("Ready to accept")
-            .count();
-        self.redis = spawn_redis(self.dir.path(), self.redis_port);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("Ready to accept")
-            .count()
-            <= before
-        {
-            assert!(Instant::now() < deadline, "redis-server did not restart");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (dir, port) = (self.dir.path().to_path_buf(), self.redis_port);
+        restart_and_wait(&dir.join("redis.log"), "Ready to accept", "redis-server", || {
+            self.redis = spawn_redis(&dir, port)
+        });
     }
 
     /// Stops the workers (drain) and dispatch.
@@ -385,5 +361,17 @@ impl Stack {
         if let Some(d) = self.dispatch.take() {
             d.shutdown().await;
         }
+    }
+}
+
+/// Runs `start`, then waits until `log` holds one more `ready` line than before.
+fn restart_and_wait(log: &std::path::Path, ready: &str, what: &str, start: impl FnOnce()) {
+    let count = || std::fs::read_to_string(log).unwrap_or_default().matches(ready).count();
+    let before = count();
+    start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count() <= before {
+        assert!(Instant::now() < deadline, "{what} did not restart");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
