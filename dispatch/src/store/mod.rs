@@ -188,8 +188,7 @@ impl Store {
         }
         let status = reply.remove(0);
         match status.as_str() {
-            "NOT_FOUND" => Err(Error::NotFound(id.to_string())),
-            "FAILED_PRECONDITION" => Err(Error::FailedPrecondition(reply.into_iter().next().unwrap_or_default())),
+            "NOT_FOUND" | "FAILED_PRECONDITION" => Err(refusal(id, &status, &reply)),
             _ => Ok((status, parse_record(reply)?)),
         }
     }
@@ -274,8 +273,7 @@ impl Store {
                 cancel_requested: reply[1] == "1",
                 lease_deadline_ms: reply[2].parse().map_err(|_| Error::Corrupt("bad deadline".into()))?,
             }),
-            Some("NOT_FOUND") => Err(Error::NotFound(id.to_string())),
-            Some("FAILED_PRECONDITION") => Err(Error::FailedPrecondition(reply.get(1).cloned().unwrap_or_default())),
+            Some(status @ ("NOT_FOUND" | "FAILED_PRECONDITION")) => Err(refusal(id, status, &reply[1..])),
             _ => Err(Error::Corrupt(format!("heartbeat reply {reply:?}"))),
         }
     }
@@ -569,6 +567,14 @@ impl Store {
     /// Entries waiting in the outbox.
     pub async fn outbox_len(&self) -> Result<u64, Error> {
         Ok(self.client.xlen(OUTBOX).await?)
+    }
+}
+
+/// The error for a script's refusal reply (`NOT_FOUND`, or `FAILED_PRECONDITION` + reason).
+fn refusal(id: &str, status: &str, rest: &[String]) -> Error {
+    match status {
+        "NOT_FOUND" => Error::NotFound(id.to_string()),
+        _ => Error::FailedPrecondition(rest.first().cloned().unwrap_or_default()),
     }
 }
 
