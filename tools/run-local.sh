@@ -2,7 +2,7 @@
 # Runs the whole system locally without Docker: Redis (AOF on), NATS with JetStream (file
 # storage), dispatch and two workers, all under .run/. Ctrl-C or SIGTERM stops everything.
 #
-# Ports default to the public contract; override with REDIS_PORT, NATS_PORT, GRPC_PORT.
+# Ports default to the public contract; override with REDIS_PORT, NATS_PORT, GRPC_PORT, HTTP_PORT.
 # Data and logs go to RUN_DIR (default .run/).
 # PROFILE=debug builds faster than the default release build.
 set -euo pipefail
@@ -11,6 +11,7 @@ ROOT=$PWD
 REDIS_PORT=${REDIS_PORT:-6379}
 NATS_PORT=${NATS_PORT:-4222}
 GRPC_PORT=${GRPC_PORT:-50051}
+HTTP_PORT=${HTTP_PORT:-8080}
 PROFILE=${PROFILE:-release}
 
 tools/install.sh
@@ -18,10 +19,10 @@ if [ "$PROFILE" = release ]; then cargo build --release --bins; else cargo build
 BIN=$ROOT/target/$PROFILE
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$REDIS_PORT" "$NATS_PORT" "$GRPC_PORT"; do
+for p in "$REDIS_PORT" "$NATS_PORT" "$GRPC_PORT" "$HTTP_PORT"; do
   if port_busy "$p"; then
     echo "run: port $p is already in use (a system redis-server or an earlier run?)." >&2
-    echo "     Stop it, or pick other ports: REDIS_PORT=... NATS_PORT=... GRPC_PORT=... make run" >&2
+    echo "     Stop it, or pick other ports: REDIS_PORT=... NATS_PORT=... GRPC_PORT=... HTTP_PORT=... make run" >&2
     exit 1
   fi
 done
@@ -54,11 +55,12 @@ pids+=($!)
 wait_port "$REDIS_PORT" redis
 wait_port "$NATS_PORT" nats
 
-"$BIN/dispatch" -c dispatch.sample.toml --grpc-addr "127.0.0.1:$GRPC_PORT" \
+"$BIN/dispatch" -c dispatch.sample.toml --grpc-addr "127.0.0.1:$GRPC_PORT" --http-addr "127.0.0.1:$HTTP_PORT" \
   --redis-url "redis://127.0.0.1:$REDIS_PORT" --nats-url "nats://127.0.0.1:$NATS_PORT" \
   >"$RUN/logs/dispatch.log" 2>&1 &
 pids+=($!)
 wait_port "$GRPC_PORT" dispatch
+wait_port "$HTTP_PORT" dispatch
 for i in 1 2; do
   "$BIN/worker" --worker-id "worker-$i" --dispatch-url "http://127.0.0.1:$GRPC_PORT" \
     --nats-url "nats://127.0.0.1:$NATS_PORT" --queues default=16 >"$RUN/logs/worker-$i.log" 2>&1 &
@@ -69,10 +71,12 @@ cat <<MSG
 
 Dispatch is running.
   gRPC (JobService, WorkerService, reflection, health): 127.0.0.1:$GRPC_PORT
+  REST: http://127.0.0.1:$HTTP_PORT/api/...   reference: http://127.0.0.1:$HTTP_PORT/api/docs
   Redis: redis://127.0.0.1:$REDIS_PORT      NATS: nats://127.0.0.1:$NATS_PORT (JetStream)
   Workers: worker-1, worker-2 on queue "default"    Logs: $RUN/logs/
 Try:
   .tools/venv/bin/grpcurl -plaintext 127.0.0.1:$GRPC_PORT list
+  curl -s -H 'Content-Type: application/json' -d '{"queue":"default","type":"noop"}' http://127.0.0.1:$HTTP_PORT/api/job
 Ctrl-C stops everything.
 MSG
 # Exit (and clean up) when any component dies.

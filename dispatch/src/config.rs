@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Where the gRPC API (JobService, WorkerService, reflection, health) listens.
     pub grpc_addr: SocketAddr,
-    /// Where the HTTP side (REST gateway, metrics) will listen. Reserved: not served yet.
+    /// Where the HTTP side listens: the REST gateway (`/api/...`), `/api/openapi.json` and
+    /// the `/api/docs` reference.
     pub http_addr: SocketAddr,
     /// Redis holding every job record, e.g. `redis://127.0.0.1:6379`.
     pub redis_url: String,
@@ -26,6 +27,29 @@ pub struct Config {
     pub loops: Loops,
     /// JetStream streams created at start-up when missing.
     pub streams: Streams,
+    /// The HTTP side: REST gateway limits.
+    pub http: Http,
+}
+
+/// REST gateway settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    /// Largest request body accepted, in bytes; beyond it HTTP 413. Matches the gRPC side's
+    /// 4 MiB message limit by default.
+    pub max_body_bytes: usize,
+    /// Interval of SSE keep-alive comments on `/api/job/{id}/events`, so proxies keep idle
+    /// streams open.
+    pub sse_keep_alive_ms: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+            sse_keep_alive_ms: 15_000,
+        }
+    }
 }
 
 /// Defaults applied to a job whose options leave a field unset, and request limits.
@@ -102,6 +126,7 @@ impl Default for Config {
             jobs: JobDefaults::default(),
             loops: Loops::default(),
             streams: Streams::default(),
+            http: Http::default(),
         }
     }
 }
@@ -229,6 +254,9 @@ impl Config {
         }
         if j.max_inflight_creates == 0 {
             return bad("jobs.max_inflight_creates must be positive");
+        }
+        if self.http.max_body_bytes < 1024 || self.http.sse_keep_alive_ms == 0 {
+            return bad("http.max_body_bytes must be at least 1024 and http.sse_keep_alive_ms positive");
         }
         if self.loops.relay_batch == 0 {
             return bad("loops.relay_batch must be positive");

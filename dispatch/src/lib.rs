@@ -10,12 +10,15 @@
 //! - [`background`]: the scheduler, lease reaper and sweeper loops.
 //! - [`watch`]: wake-ups for `WatchJob` streams.
 //! - [`service`]: the `JobService` and `WorkerService` gRPC implementations.
+//! - [`gateway`]: REST/JSON over HTTP, generated from the proto's `google.api.http`
+//!   annotations, with the OpenAPI document and `/api/docs`.
 //! - [`server`]: wires it all: [`server::start`] returns a handle with the bound address.
 
 pub mod api;
 pub mod background;
 pub mod bus;
 pub mod config;
+pub mod gateway;
 pub mod relay;
 pub mod server;
 pub mod service;

@@ -15,6 +15,9 @@ struct Flags {
     /// gRPC listen address (overrides grpc_addr).
     #[arg(long)]
     grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address for the REST gateway (overrides http_addr).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
     /// Redis URL (overrides redis_url).
     #[arg(long)]
     redis_url: Option<String>,
@@ -27,6 +30,9 @@ struct Flags {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Print the OpenAPI document of the REST gateway (generated from the proto) and exit.
+    #[arg(long)]
+    print_openapi: bool,
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "DISPATCH_LOG_JSON")]
     log_json: bool,
@@ -35,9 +41,16 @@ struct Flags {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    if flags.print_openapi {
+        print!("{}", dispatch::gateway::OPENAPI_JSON);
+        return Ok(());
+    }
     let mut overrides = Vec::new();
     if let Some(a) = flags.grpc_addr {
         overrides.push(("grpc_addr".to_string(), a.to_string()));
+    }
+    if let Some(a) = flags.http_addr {
+        overrides.push(("http_addr".to_string(), a.to_string()));
     }
     if let Some(u) = &flags.redis_url {
         overrides.push(("redis_url".to_string(), u.clone()));

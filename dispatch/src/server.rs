@@ -21,6 +21,8 @@ use crate::{background, bus, relay, watch};
 pub struct Running {
     /// The address gRPC is bound to (useful with port 0).
     pub grpc_addr: SocketAddr,
+    /// The address the HTTP side (REST gateway, OpenAPI, docs) is bound to.
+    pub http_addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -78,6 +80,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
     let grpc_addr = listener.local_addr()?;
+    let http_listener = crate::gateway::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
 
     let shutdown = CancellationToken::new();
     let relay_wake = Arc::new(Notify::new());
@@ -112,7 +118,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(JobServiceServer::new(JobApi(shared.clone())))
-        .add_service(WorkerServiceServer::new(WorkerApi(shared)));
+        .add_service(WorkerServiceServer::new(WorkerApi(shared.clone())));
+    let http_router = crate::gateway::router(
+        JobApi(shared.clone()),
+        WorkerApi(shared),
+        config.http.clone(),
+        shutdown.clone(),
+    );
+    tasks.push(tokio::spawn(crate::gateway::serve(
+        http_listener,
+        http_router,
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(async move {
         let incoming = TcpListenerStream::new(listener);
         if let Err(e) = router
@@ -141,9 +158,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         relay_wake,
         shutdown.clone(),
     )));
-    tracing::info!(grpc = %grpc_addr, "dispatch started");
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "dispatch started");
     Ok(Running {
         grpc_addr,
+        http_addr,
         shutdown,
         tasks,
     })

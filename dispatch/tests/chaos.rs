@@ -224,6 +224,7 @@ async fn dispatch_dying_before_publish_loses_nothing() {
     config.loops.relay_enabled = true;
     let restarted = dispatch::start(config).await.unwrap();
     s.grpc = restarted.grpc_addr;
+    s.http = restarted.http_addr;
     s.dispatch = Some(restarted);
     s.spawn_builtin_worker(&[("default", 8)]);
     for id in &ids {

@@ -33,22 +33,51 @@ pub fn from_proto(value: Option<&pbjson_types::Value>) -> serde_json::Value {
     match kind {
         Kind::NullValue(_) => J::Null,
         Kind::BoolValue(b) => J::Bool(*b),
-        Kind::NumberValue(n) => {
-            if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
-                J::from(*n as i64)
-            } else {
-                serde_json::Number::from_f64(*n).map(J::Number).unwrap_or(J::Null)
-            }
-        }
+        Kind::NumberValue(n) => number(*n),
         Kind::StringValue(s) => J::String(s.clone()),
         Kind::ListValue(l) => J::Array(l.values.iter().map(|v| from_proto(Some(v))).collect()),
         Kind::StructValue(s) => J::Object(s.fields.iter().map(|(k, v)| (k.clone(), from_proto(Some(v)))).collect()),
     }
 }
 
+/// `n` as JSON, integral values without a fraction (`3`, not `3.0`), as a JSON user wrote them.
+fn number(n: f64) -> serde_json::Value {
+    if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+        serde_json::Value::from(n as i64)
+    } else {
+        serde_json::Number::from_f64(n)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Rewrites integral floats anywhere in `v` as integers. pbjson prints every
+/// `google.protobuf.Value` number as an f64 (`3.0`); payloads and results should come back as
+/// they were sent (`3`). Both are the same number to a proto3 JSON parser.
+pub fn normalize_numbers(v: &mut serde_json::Value) {
+    use serde_json::Value as J;
+    match v {
+        J::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                *v = number(f);
+            }
+        }
+        J::Array(items) => items.iter_mut().for_each(normalize_numbers),
+        J::Object(fields) => fields.values_mut().for_each(normalize_numbers),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integral_floats_print_as_integers() {
+        let mut v = serde_json::json!({"n": 3.0, "x": [1.5, 2.0, {"y": -4.0}], "s": "3.0"});
+        normalize_numbers(&mut v);
+        assert_eq!(v.to_string(), r#"{"n":3,"s":"3.0","x":[1.5,2,{"y":-4}]}"#);
+    }
 
     #[test]
     fn round_trip_keeps_structure() {

@@ -151,6 +151,8 @@ pub struct Stack {
     pub nats: Proc,
     pub dispatch: Option<dispatch::Running>,
     pub grpc: SocketAddr,
+    /// The REST gateway's address.
+    pub http: SocketAddr,
     pub config: Config,
     workers: Vec<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
 }
@@ -159,6 +161,7 @@ pub struct Stack {
 pub fn test_config(redis_port: u16, nats_port: u16) -> Config {
     let mut c = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
         redis_url: format!("redis://127.0.0.1:{redis_port}"),
         nats_url: format!("nats://127.0.0.1:{nats_port}"),
         ..Config::default()
@@ -207,6 +210,7 @@ impl Stack {
             }
         };
         let grpc = running.grpc_addr;
+        let http = running.http_addr;
         Stack {
             dir,
             redis_port,
@@ -215,6 +219,7 @@ impl Stack {
             nats,
             dispatch: Some(running),
             grpc,
+            http,
             config,
             workers: Vec::new(),
         }

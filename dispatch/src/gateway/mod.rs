@@ -1,0 +1,196 @@
+//! The HTTP side: the REST gateway generated from the proto's `google.api.http` annotations
+//! (see `tools/restgen` and `build.rs`), the OpenAPI document and the HTML reference.
+//!
+//! - [`transcode`]: the runtime of the generated routes (matching, JSON, SSE).
+//! - [`error`]: gRPC status → HTTP status and the Google JSON error shape.
+//!
+//! Every `/api/...` request goes through one handler: it finds the generated route (custom
+//! verbs such as `:cancel` included), reads the body within the limit, builds the request
+//! message from body, query and path, and calls the same service code as gRPC.
+
+pub mod error;
+pub mod transcode;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Http;
+use crate::service::{JobApi, WorkerApi};
+use transcode::{Found, Input};
+
+/// The generated route table (`ROUTES`), `Services` and `call`.
+#[allow(clippy::all)]
+pub mod generated {
+    include!(concat!(env!("OUT_DIR"), "/rest_routes.rs"));
+}
+
+pub use generated::ROUTES;
+
+/// The OpenAPI 3 document generated from the proto at build time.
+pub const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
+
+/// The HTML API reference generated with it.
+pub const API_HTML: &str = include_str!(concat!(env!("OUT_DIR"), "/api.html"));
+
+#[derive(Clone)]
+struct Gateway {
+    services: generated::Services<JobApi, WorkerApi>,
+    limits: Http,
+    shutdown: CancellationToken,
+}
+
+/// The HTTP router: REST routes under `/api`, `/api/openapi.json`, `/api/docs`.
+pub fn router(jobs: JobApi, workers: WorkerApi, limits: Http, shutdown: CancellationToken) -> axum::Router {
+    let gateway = Gateway {
+        services: generated::Services {
+            job_service: std::sync::Arc::new(jobs),
+            worker_service: std::sync::Arc::new(workers),
+        },
+        limits,
+        shutdown,
+    };
+    axum::Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/docs", get(docs))
+        .method_not_allowed_fallback(|req: Request| async move { method_not_allowed(req.uri().path(), &["GET"]) })
+        .fallback(handle)
+        .with_state(gateway)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router, shutdown: CancellationToken) {
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+/// Binds the HTTP address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+async fn docs() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], API_HTML).into_response()
+}
+
+fn method_not_allowed(path: &str, allowed: &[&str]) -> Response {
+    let status = tonic::Status::unimplemented(format!("method not allowed on {path}; use {}", allowed.join(" or ")));
+    let mut resp = error::with_status(&status, StatusCode::METHOD_NOT_ALLOWED);
+    if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
+fn bad_request(message: String) -> Response {
+    error::response(&tonic::Status::invalid_argument(message))
+}
+
+async fn handle(State(g): State<Gateway>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let (index, vars) = match transcode::find(ROUTES, &parts.method, &path) {
+        Found::Route(i, vars) => (i, vars),
+        Found::WrongMethod(allowed) => return method_not_allowed(&path, &allowed),
+        Found::Nothing => {
+            return error::response(&tonic::Status::not_found(format!(
+                "no route for {} {path}; see /api/docs",
+                parts.method
+            )));
+        }
+    };
+    let spec = &ROUTES[index];
+    let mut json = Map::new();
+    if spec.body {
+        match read_json_body(&parts.headers, body, g.limits.max_body_bytes).await {
+            Ok(obj) => json = obj,
+            Err(resp) => return resp,
+        }
+    }
+    if let Some(q) = parts.uri.query()
+        && let Err(s) = transcode::merge_query(spec, q, &mut json)
+    {
+        return error::response(&s);
+    }
+    for (field, value) in vars {
+        json.insert(field.to_string(), Value::String(value));
+    }
+    let input = Input {
+        json,
+        headers: parts.headers,
+        shutdown: g.shutdown.clone(),
+        sse_keep_alive: Duration::from_millis(g.limits.sse_keep_alive_ms),
+    };
+    generated::call(&g.services, index, input).await
+}
+
+/// The body as a JSON object: empty means `{}`; anything else must be `application/json`,
+/// within `limit` bytes, and an object.
+async fn read_json_body(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Map<String, Value>, Response> {
+    let too_large = || {
+        error::with_status(
+            &tonic::Status::invalid_argument(format!("request body is larger than {limit} bytes")),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            // The only error besides an I/O one is the length limit.
+            let is_limit = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return Err(if is_limit {
+                too_large()
+            } else {
+                bad_request(format!("reading the request body: {e}"))
+            });
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime != "application/json" && !mime.ends_with("+json") {
+        let shown = if content_type.is_empty() { "none" } else { content_type };
+        return Err(error::with_status(
+            &tonic::Status::invalid_argument(format!(
+                "request body must be JSON (Content-Type: application/json), got {shown}"
+            )),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ));
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err(bad_request("request body must be a JSON object".into())),
+        Err(e) => Err(bad_request(format!("malformed JSON: {e}"))),
+    }
+}
