@@ -1,4 +1,4 @@
-//! Emits an OpenAPI 3.0 document for the REST routes. Schemas follow the proto3 JSON mapping
+//! Emits an OpenAPI 3.1 document for the REST routes. Schemas follow the proto3 JSON mapping
 //! as pbjson implements it: camelCase names, 64-bit integers as strings, enums by name,
 //! `Duration` as `"1.5s"`, `Timestamp` as RFC 3339, `Value` as any JSON.
 
@@ -78,7 +78,7 @@ pub fn generate(api: &Api, info: &Info) -> Value {
         }),
     );
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": info.title, "version": info.version, "description": info.description},
         "paths": paths,
         "components": {"schemas": components, "responses": responses},
@@ -144,17 +144,29 @@ fn operation(api: &Api, r: &Route, schemas: &mut Schemas) -> Value {
     }
     let mut responses = Map::new();
     if r.server_streaming {
+        // Per OpenAPI before 3.2, the schema of an event stream describes one event.
+        let data = json!({
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"anyOf": [schemas.reference(&r.output), {"$ref": "#/components/schemas/Status"}]},
+            "description": format!("A `{}` as JSON; for `event: error`, a Status.", r.output.name()),
+        });
         responses.insert(
             "200".into(),
             json!({
                 "description": format!(
-                    "Server-Sent Events: one `data:` line per `{}` as JSON; an error ends the stream \
-                     with `event: error` and a Status body.",
+                    "Server-Sent Events: one event per `{}`, whose `data` is its JSON. An error after \
+                     the stream started ends it with `event: error` and a Status as data.",
                     r.output.name()
                 ),
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                // Not interpreted by OpenAPI tools; names the schema of each event's data.
-                "x-sse-data": schemas.reference(&r.output),
+                "content": {"text/event-stream": {"schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "event": {"type": "string", "enum": ["message", "error"]},
+                        "data": data,
+                    },
+                }}},
             }),
         );
     } else {
@@ -213,7 +225,7 @@ fn field_schema(api: &Api, f: &FieldDescriptor, schemas: &mut Schemas) -> Value 
     let doc = api.field_doc(f);
     if !doc.is_empty() {
         if s.get("$ref").is_some() {
-            // OpenAPI 3.0 ignores siblings of $ref: wrap it.
+            // Tools built for OpenAPI 3.0 ignore siblings of $ref: wrap it.
             s = json!({"allOf": [s], "description": doc});
         } else {
             s["description"] = json!(doc);
