@@ -547,3 +547,30 @@ impl JsonValue for reqwest::Response {
         serde_json::from_str(&self.text().await.unwrap()).unwrap()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_event_stream_does_not_hold_up_shutdown() {
+    let s = Stack::start().await;
+    let http = Http::new(&s);
+    // No worker on this queue: the job stays QUEUED and the stream stays open.
+    let r = http.post("/api/job", json!({"queue": "idle", "type": "noop"})).await;
+    let id = r.json["job"]["id"].as_str().unwrap().to_string();
+    let mut resp = http
+        .client
+        .get(format!("{}/api/job/{id}/events", http.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let first = tokio::time::timeout(T, resp.chunk()).await.unwrap().unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("JOB_STATE_QUEUED"));
+    // Shutdown ends the stream, and finishes although a client is still connected.
+    tokio::time::timeout(Duration::from_secs(10), s.stop())
+        .await
+        .expect("shutdown finished with an SSE client connected");
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = resp.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream ended at shutdown");
+}
