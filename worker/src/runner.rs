@@ -30,11 +30,8 @@ enum Outcome {
 }
 
 pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(cfg.dispatch_url.clone())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    let client = WorkerServiceClient::new(channel);
+    // Lazy: the worker starts (and waits on NATS) even while dispatch is still coming up.
+    let client = dispatch_client::Client::connect_lazy(cfg.dispatch_url.clone())?.workers();
     let nats = async_nats::ConnectOptions::new()
         .name(&cfg.worker_id)
         .retry_on_initial_connect()

@@ -6,6 +6,8 @@
 //!   proto3-JSON serde impls (camelCase, int64 as string, enums by name).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
 //! - [`json`]: conversions between `serde_json::Value` and `google.protobuf.Value`.
+//! - [`Client`]: a small wrapper with the everyday verbs (connect, create, get, wait, watch,
+//!   cancel, retry); the generated clients stay reachable through it.
 
 /// Generated code for the `dispatch.v1` package.
 #[allow(clippy::all, missing_docs)]
@@ -17,7 +19,10 @@ pub mod pb {
 /// Encoded `FileDescriptorSet` of the dispatch protos and their imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dispatch_descriptor.bin"));
 
+pub mod client;
 pub mod json;
+
+pub use client::{Client, field_violations, is_terminal};
 
 pub use pbjson_types;
 pub use tonic;

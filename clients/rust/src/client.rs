@@ -1,0 +1,195 @@
+//! A thin, pleasant wrapper over the generated stubs: connect, create, get, wait for a
+//! terminal state, watch, cancel, retry. Errors stay `tonic::Status` (the gRPC code is the
+//! contract); [`field_violations`] reads the details of an `INVALID_ARGUMENT`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = dispatch_client::Client::connect("http://127.0.0.1:50051").await?;
+//! let job = client.create("default", "noop", serde_json::json!({"objectId": "x"})).await?;
+//! let done = client.wait(&job.id, std::time::Duration::from_secs(30)).await?;
+//! assert_eq!(done.state(), dispatch_client::pb::JobState::Succeeded);
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::json;
+use crate::pb::{self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient};
+
+/// A connection to dispatch. Cheap to clone; clones share the HTTP/2 connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    jobs: JobServiceClient<Channel>,
+    workers: WorkerServiceClient<Channel>,
+}
+
+/// The options of a job, for [`Client::create_with`]. Unset fields take dispatch's defaults.
+pub type JobOptions = pb::JobOptions;
+
+impl Client {
+    /// Connects now; fails when dispatch cannot be reached.
+    pub async fn connect(url: impl Into<String>) -> Result<Client, tonic::transport::Error> {
+        let channel = endpoint(url.into())?.connect().await?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// Connects on first use and reconnects as needed; never fails for an unreachable server.
+    pub fn connect_lazy(url: impl Into<String>) -> Result<Client, tonic::transport::Error> {
+        Ok(Client::from_channel(endpoint(url.into())?.connect_lazy()))
+    }
+
+    /// Wraps an existing channel (TLS, interceptors and timeouts are the caller's).
+    pub fn from_channel(channel: Channel) -> Client {
+        Client {
+            jobs: JobServiceClient::new(channel.clone()),
+            workers: WorkerServiceClient::new(channel),
+        }
+    }
+
+    /// The generated `JobService` client, for everything the wrapper does not cover.
+    pub fn jobs(&self) -> JobServiceClient<Channel> {
+        self.jobs.clone()
+    }
+
+    /// The generated `WorkerService` client (claim, heartbeat, complete, fail).
+    pub fn workers(&self) -> WorkerServiceClient<Channel> {
+        self.workers.clone()
+    }
+
+    /// Creates a job of `job_type` on `queue` with a JSON payload and default options.
+    pub async fn create(&self, queue: &str, job_type: &str, payload: serde_json::Value) -> Result<pb::Job, Status> {
+        let resp = self.create_with(queue, job_type, payload, JobOptions::default()).await?;
+        resp.job.ok_or_else(|| Status::internal("CreateJob returned no job"))
+    }
+
+    /// Creates a job with options; `created` is false when an idempotency key matched.
+    pub async fn create_with(
+        &self,
+        queue: &str,
+        job_type: &str,
+        payload: serde_json::Value,
+        options: JobOptions,
+    ) -> Result<pb::CreateJobResponse, Status> {
+        let req = pb::CreateJobRequest {
+            queue: queue.to_string(),
+            r#type: job_type.to_string(),
+            payload: Some(json::to_proto(&payload)),
+            options: Some(options),
+        };
+        Ok(self.jobs.clone().create_job(req).await?.into_inner())
+    }
+
+    /// Reads a job; `NOT_FOUND` when there is none with this id.
+    pub async fn get(&self, id: &str) -> Result<pb::Job, Status> {
+        let resp = self
+            .jobs
+            .clone()
+            .get_job(pb::GetJobRequest { id: id.to_string() })
+            .await?;
+        resp.into_inner()
+            .job
+            .ok_or_else(|| Status::internal("GetJob returned no job"))
+    }
+
+    /// The job's events from its creation on, one per transition; the stream ends after the
+    /// terminal one (SUCCEEDED, FAILED or CANCELLED).
+    pub async fn watch(&self, id: &str) -> Result<impl Stream<Item = Result<pb::JobEvent, Status>> + use<>, Status> {
+        let stream = self
+            .jobs
+            .clone()
+            .watch_job(pb::WatchJobRequest { id: id.to_string() })
+            .await?
+            .into_inner();
+        Ok(stream.filter_map(|r| async move {
+            match r {
+                Ok(resp) => resp.event.map(Ok),
+                Err(s) => Some(Err(s)),
+            }
+        }))
+    }
+
+    /// Waits until the job is in a terminal state and returns it; `DEADLINE_EXCEEDED` after
+    /// `timeout`. Follows the watch stream, so it returns as soon as the job ends.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<pb::Job, Status> {
+        let follow = async {
+            let events = self.watch(id).await?;
+            futures::pin_mut!(events);
+            while let Some(e) = events.next().await {
+                if is_terminal(e?.state()) {
+                    break;
+                }
+            }
+            self.get(id).await
+        };
+        match tokio::time::timeout(timeout, follow).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "job {id} did not end within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// Cancels a job: at once when it is waiting, through its worker's next heartbeat when it
+    /// runs. `FAILED_PRECONDITION` when it has already ended.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<pb::Job, Status> {
+        let resp = self
+            .jobs
+            .clone()
+            .cancel_job(pb::CancelJobRequest {
+                id: id.to_string(),
+                reason: reason.to_string(),
+            })
+            .await?;
+        resp.into_inner()
+            .job
+            .ok_or_else(|| Status::internal("CancelJob returned no job"))
+    }
+
+    /// Runs a FAILED or CANCELLED job again with a fresh budget of attempts.
+    pub async fn retry(&self, id: &str) -> Result<pb::Job, Status> {
+        let resp = self
+            .jobs
+            .clone()
+            .retry_job(pb::RetryJobRequest { id: id.to_string() })
+            .await?;
+        resp.into_inner()
+            .job
+            .ok_or_else(|| Status::internal("RetryJob returned no job"))
+    }
+}
+
+fn endpoint(url: String) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url)?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true))
+}
+
+/// True for SUCCEEDED, FAILED and CANCELLED.
+pub fn is_terminal(state: pb::JobState) -> bool {
+    matches!(
+        state,
+        pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
+    )
+}
+
+/// The `(field, description)` pairs of an `INVALID_ARGUMENT` status (empty for other codes).
+pub fn field_violations(status: &Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    if status.code() != Code::InvalidArgument {
+        return Vec::new();
+    }
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.description.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
