@@ -118,10 +118,10 @@ impl Client {
         let follow = async {
             let events = self.watch(id).await?;
             futures::pin_mut!(events);
+            // History first (a retried job has older terminal events); the stream ends once
+            // the latest event is terminal.
             while let Some(e) = events.next().await {
-                if is_terminal(e?.state()) {
-                    break;
-                }
+                e?;
             }
             self.get(id).await
         };
