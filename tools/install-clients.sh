@@ -24,14 +24,14 @@ if [ ! -x clients/typescript/node_modules/.bin/protoc-gen-es ] \
   (cd clients/typescript && npm ci --silent --no-audit --no-fund >/dev/null)
 fi
 
+# Go in GOPATH mode from Debian's packaged sources (module mode cannot resolve offline).
+# golang-github-golang-protobuf-1-5-dev: grpc-go's codec needs the APIv2-backed 1.5 shim; the
+# 1.3 package apt may pick by default panics on APIv2 messages.
 pkgs=()
-command -v protoc >/dev/null 2>&1 || pkgs+=(protobuf-compiler)
-command -v go >/dev/null 2>&1 || pkgs+=(golang-go)
-command -v protoc-gen-go >/dev/null 2>&1 || pkgs+=(protoc-gen-go)
-command -v protoc-gen-go-grpc >/dev/null 2>&1 || pkgs+=(protoc-gen-go-grpc)
-[ -d /usr/share/gocode/src/google.golang.org/grpc ] || pkgs+=(golang-google-grpc-dev)
-[ -d /usr/share/gocode/src/google.golang.org/protobuf ] || pkgs+=(golang-google-protobuf-dev)
-[ -d /usr/share/gocode/src/google.golang.org/genproto/googleapis/api/annotations ] || pkgs+=(golang-google-genproto-dev)
+for p in protobuf-compiler golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+  golang-google-protobuf-dev golang-google-genproto-dev golang-github-golang-protobuf-1-5-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || pkgs+=("$p")
+done
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "install: ${pkgs[*]} (apt)"
   sudo_if_needed apt-get update -qq

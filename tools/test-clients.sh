@@ -29,10 +29,11 @@ for lang in "${langs[@]}"; do
       gopath=$(mktemp -d)
       mkdir -p "$gopath/src/dispatch/clients"
       ln -s "$PWD/clients/go" "$gopath/src/dispatch/clients/go"
-      (cd "$gopath/src/dispatch/clients/go" && GO111MODULE=off GOFLAGS=-mod=mod GOPATH="$gopath:/usr/share/gocode" \
-        GOCACHE="$PWD/../../../../.gocache" go vet ./... && GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" \
-        go test -count=1 ./...) || { rm -rf "$gopath"; exit 1; }
+      rc=0
+      (cd "$gopath/src/dispatch/clients/go" && export GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" \
+        && go vet ./... && go test -count=1 -v ./... 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|\s)' ; exit "${PIPESTATUS[0]}") || rc=$?
       rm -rf "$gopath"
+      [ $rc = 0 ] || exit $rc
       ;;
     *) echo "test-clients: unknown language $lang" >&2; exit 2 ;;
   esac
