@@ -1,23 +1,17 @@
 #!/usr/bin/env bash
 # Smoke test of `make run` as a user meets it: starts tools/run-local.sh on free ports, then
 # checks with grpcurl that the services are listed, a noop job succeeds within 1 s and the
-# README's fail job ends FAILED on attempt 3; runs the curl walkthrough of docs/api.md as
-# written (its bash blocks, in order); and fuzzes the REST gateway with schemathesis from
-# /api/openapi.json (no 5xx, every response as documented). Stops the stack afterwards.
+# README's fail job ends FAILED on attempt 3; runs the examples of README.md, docs/api.md and
+# docs/clients.md as written (tools/doccheck.py); and fuzzes the REST gateway with schemathesis
+# from /api/openapi.json (no 5xx, every response as documented). Stops the stack afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-export REDIS_PORT=$(free_port) NATS_PORT=$(free_port) GRPC_PORT=$(free_port) HTTP_PORT=$(free_port) PROFILE=${PROFILE:-debug}
-ADDR=127.0.0.1:$GRPC_PORT
+# Without a stack, start one (tools/with-stack.sh runs tools/run-local.sh on free ports).
+[ -n "${STACK_GRPC:-}" ] || exec tools/with-stack.sh "$0" "$@"
+ADDR=$STACK_GRPC
 call() { .tools/venv/bin/grpcurl -plaintext -d "$2" "$ADDR" "dispatch.v1.JobService/$1"; }
-log=$(mktemp)
-export RUN_DIR=$(mktemp -d)
-setsid tools/run-local.sh >"$log" 2>&1 &
-stack=$!
 work=$(mktemp -d)
-trap 'kill -TERM -- -$stack 2>/dev/null || true; wait $stack 2>/dev/null || true; rm -rf "$log" "$RUN_DIR" "$work"' EXIT
-for _ in $(seq 1 1800); do grep -q "Dispatch is running" "$log" && break; kill -0 $stack 2>/dev/null || { cat "$log"; exit 1; }; sleep 0.1; done
-grep -q "Dispatch is running" "$log" || { cat "$log"; echo "smoke: stack did not start"; exit 1; }
+trap 'rm -rf "$work"' EXIT
 
 services=$(.tools/venv/bin/grpcurl -plaintext "$ADDR" list)
 for s in dispatch.v1.JobService dispatch.v1.WorkerService grpc.health.v1.Health; do
@@ -44,20 +38,13 @@ done
 attempt=$(field 'd["job"]["attempt"]' <<<"$out")
 [ "$state" = JOB_STATE_FAILED ] && [ "$attempt" = 3 ] || { echo "smoke: fail job is $state on attempt $attempt"; exit 1; }
 
-# The README's and docs/api.md's curl examples as written: their bash blocks in order, pointed
-# at this stack's HTTP port.
-python3 - "$HTTP_PORT" README.md docs/api.md >"$work/api.sh" <<'PY'
-import re, sys
-print("set -euo pipefail")
-for path in sys.argv[2:]:
-    for b in re.findall(r"^```bash\n(.*?)^```", open(path).read(), flags=re.S | re.M):
-        print(b.replace("http://127.0.0.1:8080", f"http://127.0.0.1:{sys.argv[1]}"))
-PY
-if ! timeout 120 bash "$work/api.sh" >"$work/api.out" 2>&1; then
-  cat "$work/api.out"; echo "smoke: the curl examples of README.md or docs/api.md failed"; exit 1
+# The examples of the README, docs/api.md and docs/clients.md as written (tools/doccheck.py).
+if ! python3 tools/doccheck.py README.md docs/api.md docs/clients.md >"$work/docs.out" 2>&1; then
+  cat "$work/docs.out"; echo "smoke: an example in the docs failed"; exit 1
 fi
-grep -q '"state":"JOB_STATE_SUCCEEDED","result":{"url":"s3://x"}' "$work/api.out" \
-  || { cat "$work/api.out"; echo "smoke: docs/api.md HTTP worker did not complete its job"; exit 1; }
+grep -q '"state":"JOB_STATE_SUCCEEDED","result":{"url":"s3://x"}' "$work/docs.out" \
+  || { cat "$work/docs.out"; echo "smoke: docs/api.md HTTP worker did not complete its job"; exit 1; }
+tail -1 "$work/docs.out"
 
 # schemathesis against the generated OpenAPI document.
 if ! (cd "$work" && timeout 600 "$OLDPWD/.tools/venv/bin/schemathesis" run \

@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${STACK_GRPC:?run through tools/with-stack.sh}"
+bash tools/install-clients.sh
 langs=("$@")
 [ ${#langs[@]} -gt 0 ] || langs=(python typescript go)
 

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs, then format, lint, proto lint, every Rust
-# test (unit and integration on real redis-server and nats-server), and a smoke test of
-# `make run` driven with grpcurl.
+# The whole test suite: installs what it needs, then format, lint, proto lint and breaking-change
+# check, the drift check of the generated clients, every Rust test (unit and integration on real
+# redis-server and nats-server), a short loadcheck, and on one `make run` stack: the smoke test
+# (grpcurl, the docs' curl examples, schemathesis) and the Python, TypeScript and Go clients' tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install.sh
+tools/install-clients.sh
 echo "== cargo fmt --check"; cargo fmt --all -- --check
 echo "== cargo clippy"; cargo clippy --all-targets -- -D warnings
 echo "== buf lint"; .tools/node/node_modules/.bin/buf lint
+echo "== buf breaking (against main)"; .tools/node/node_modules/.bin/buf breaking --against '.git#branch=main'
 echo "== cargo test"; cargo build --bins  # the chaos tests run the worker binary
 cargo test --workspace
 echo "== loadcheck (short: 1000 jobs, a worker killed every second, NATS restarted every 3 s)"
 ./target/debug/loadcheck --jobs 1000 --kill-every-ms 1000 --nats-restart-every-ms 3000
-echo "== smoke (make run + grpcurl)"; tools/smoke.sh
+echo "== generated clients match the proto"; tools/gen-clients.sh --check
+echo "== on a make-run stack: smoke (grpcurl, curl examples, schemathesis), then the clients"
+tools/with-stack.sh bash -c 'tools/smoke.sh && tools/test-clients.sh'
