@@ -4,8 +4,7 @@ started (STACK_GRPC, STACK_HTTP, STACK_NATS), so the docs cannot rot.
 
 Per file, in this order:
   - every ```bash block, concatenated into one script (later blocks see earlier variables);
-  - each ```python block, with the interpreter of .tools/quickstart (made by a bash block of
-    docs/clients.md) or else .tools/pyclient;
+  - each ```python block, in .tools/pyclient with ./clients/python installed (once per run);
   - each ```ts block, as an ES module in a scratch npm project with clients/typescript installed;
   - each ```go block, as `package main` in a scratch GOPATH holding clients/go.
 A block whose info string says `norun` (```python norun) is skipped, as are other languages.
@@ -57,6 +56,22 @@ def run(what: str, cmd: list[str], cwd: Path, extra_env: dict[str, str] | None =
         sys.exit(f"doccheck: {what} failed (exit {proc.returncode})")
 
 
+_PYTHON: Path | None = None
+
+
+def python_with_client() -> Path:
+    """The interpreter of .tools/pyclient, with the Python client freshly installed."""
+    global _PYTHON
+    if _PYTHON is None:
+        venv = ROOT / ".tools/pyclient"
+        if not (venv / "bin/python").exists():
+            run("python3 -m venv .tools/pyclient", [sys.executable, "-m", "venv", str(venv)], ROOT)
+        run("pip install ./clients/python", [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check",
+                                               "--upgrade", "./clients/python"], ROOT)
+        _PYTHON = venv / "bin/python"
+    return _PYTHON
+
+
 def check(path: Path, env: dict[str, str]) -> int:
     blocks = [(info.split(), body) for info, body in FENCE.findall(path.read_text())]
     runnable = [(words[0], point_at_stack(body, env)) for words, body in blocks if words and "norun" not in words[1:]]
@@ -71,9 +86,7 @@ def check(path: Path, env: dict[str, str]) -> int:
             count += len(bash)
         for i, (lang, body) in enumerate(runnable):
             if lang == "python":
-                python = ROOT / ".tools/quickstart/bin/python"
-                if not python.exists():
-                    python = ROOT / ".tools/pyclient/bin/python"
+                python = python_with_client()
                 script = tmpdir / f"block{i}.py"
                 script.write_text(body)
                 run(f"{path}: python block {i}", [str(python), str(script)], tmpdir)
