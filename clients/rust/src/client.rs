@@ -62,7 +62,9 @@ impl Client {
 
     /// Creates a job of `job_type` on `queue` with a JSON payload and default options.
     pub async fn create(&self, queue: &str, job_type: &str, payload: serde_json::Value) -> Result<pb::Job, Status> {
-        let resp = self.create_with(queue, job_type, payload, JobOptions::default()).await?;
+        let resp = self
+            .create_with(queue, job_type, payload, JobOptions::default())
+            .await?;
         resp.job.ok_or_else(|| Status::internal("CreateJob returned no job"))
     }
 

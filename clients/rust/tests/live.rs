@@ -26,7 +26,10 @@ async fn create_get_wait_watch_cancel_and_errors() {
     assert_eq!(client.get(&job.id).await.unwrap().id, job.id);
     let done = client.wait(&job.id, T).await.unwrap();
     assert_eq!(done.state(), JobState::Succeeded);
-    assert_eq!(dispatch_client::json::from_proto(done.result.as_ref()), json!({"sleptMs": 50}));
+    assert_eq!(
+        dispatch_client::json::from_proto(done.result.as_ref()),
+        json!({"sleptMs": 50})
+    );
     let states: Vec<JobState> = client
         .watch(&job.id)
         .await
