@@ -13,12 +13,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Loops;
+use crate::metrics::Metrics;
 use crate::store::{self, Store};
 
 const BATCH: usize = 500;
 
 /// Runs the three loops until `shutdown`; `wake` is notified when they wrote to the outbox.
-pub async fn run(store: Store, cfg: Loops, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn run(store: Store, cfg: Loops, wake: Arc<Notify>, metrics: Metrics, shutdown: CancellationToken) {
     let s1 = store.clone();
     let s2 = store.clone();
     let s3 = store;
@@ -40,7 +41,12 @@ pub async fn run(store: Store, cfg: Loops, wake: Arc<Notify>, shutdown: Cancella
             shutdown.clone(),
             move || {
                 let s = s2.clone();
-                async move { s.reap_expired(BATCH).await }
+                let m = metrics.clone();
+                async move {
+                    let n = s.reap_expired(BATCH).await?;
+                    m.lease_expiries.inc_by(n);
+                    Ok(n)
+                }
             }
         ),
         every("sweeper", cfg.sweeper_interval_ms, wake, shutdown, move || {

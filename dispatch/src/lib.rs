@@ -10,6 +10,7 @@
 //! - [`background`]: the scheduler, lease reaper and sweeper loops.
 //! - [`watch`]: wake-ups for `WatchJob` streams.
 //! - [`service`]: the `JobService` and `WorkerService` gRPC implementations.
+//! - [`metrics`]: Prometheus metrics (`GET /metrics` on the HTTP port).
 //! - [`gateway`]: REST/JSON over HTTP, generated from the proto's `google.api.http`
 //!   annotations, with the OpenAPI document and `/api/docs`.
 //! - [`server`]: wires it all: [`server::start`] returns a handle with the bound address.
@@ -19,11 +20,11 @@ pub mod background;
 pub mod bus;
 pub mod config;
 pub mod gateway;
+pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod service;
 pub mod store;
-pub mod telemetry;
 pub mod watch;
 
 pub use config::Config;

@@ -76,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    dispatch::telemetry::init_logs(flags.log_json);
+    let _telemetry = dispatch_telemetry::init("dispatch", flags.log_json).map_err(anyhow::Error::msg)?;
     let running = dispatch::start(config).await?;
     let token = running.shutdown_token();
     tokio::spawn(async move {

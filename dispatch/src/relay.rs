@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus;
 use crate::config::Loops;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Runs until `shutdown` is cancelled. `wake` is notified after every local transition.
@@ -23,6 +24,7 @@ pub async fn run(
     cfg: Loops,
     consumer: String,
     wake: Arc<Notify>,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) {
     let mut pending_first = true;
@@ -68,7 +70,8 @@ pub async fn run(
             continue;
         }
         let full = entries.len() >= cfg.relay_batch;
-        let (done, failed) = publish_batch(&js, entries).await;
+        metrics.relay_batch.observe(entries.len() as f64);
+        let (done, failed) = publish_batch(&js, entries, &metrics).await;
         if let Err(e) = store.outbox_done(&done).await {
             // The entries stay pending and are published again; dedup drops the repeat.
             tracing::warn!(error = %e, "relay cannot delete published entries");
@@ -98,7 +101,11 @@ async fn backoff(failures: u32, shutdown: &CancellationToken) {
 
 /// Publishes every entry, then waits for all acks. Returns the stream ids published (and
 /// undecodable ones, which would never publish) and the count that failed.
-async fn publish_batch(js: &jetstream::Context, entries: Vec<crate::store::OutboxEntry>) -> (Vec<String>, usize) {
+async fn publish_batch(
+    js: &jetstream::Context,
+    entries: Vec<crate::store::OutboxEntry>,
+    metrics: &Metrics,
+) -> (Vec<String>, usize) {
     let mut done = Vec::with_capacity(entries.len());
     let mut acks = Vec::with_capacity(entries.len());
     let mut failed = 0;
@@ -108,15 +115,35 @@ async fn publish_batch(js: &jetstream::Context, entries: Vec<crate::store::Outbo
             done.push(e.stream_id);
             continue;
         }
-        let Some(msg) = bus::outgoing(&e.fields) else {
+        let Some(mut msg) = bus::outgoing(&e.fields) else {
             tracing::error!(entry = ?e, "outbox entry of unknown kind dropped");
             done.push(e.stream_id);
             continue;
         };
+        if dispatch_telemetry::exporting() && e.fields.get("kind").is_some_and(|k| k == "run") {
+            // A producer span per run message, child of the job's trace context; the worker's
+            // span hangs off it.
+            let get = |k: &str| e.fields.get(k).map(String::as_str).unwrap_or("");
+            let span = tracing::info_span!(
+                "publish",
+                otel.name = format!("publish {}", msg.subject),
+                otel.kind = "producer",
+                messaging.system = "nats",
+                job_id = get("id"),
+                queue = get("queue"),
+                job_type = get("type"),
+                attempt = get("attempt"),
+            );
+            dispatch_telemetry::set_parent(&span, get("tp"));
+            if let Some(tp) = dispatch_telemetry::traceparent(&span) {
+                msg.headers.insert("traceparent", tp.as_str());
+            }
+        }
         match js.publish_with_headers(msg.subject, msg.headers, msg.payload).await {
             Ok(ack) => acks.push((e.stream_id, ack)),
             Err(err) => {
                 tracing::warn!(error = %err, "publish failed");
+                metrics.nats_errors.with_label_values(&["publish"]).inc();
                 failed += 1;
             }
         }
@@ -127,6 +154,7 @@ async fn publish_batch(js: &jetstream::Context, entries: Vec<crate::store::Outbo
             Ok(_) => done.push(id),
             Err(err) => {
                 tracing::warn!(error = %err, "publish not acknowledged");
+                metrics.nats_errors.with_label_values(&["ack"]).inc();
                 failed += 1;
             }
         }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::Limits;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::service::{JobApi, Shared, WorkerApi};
 use crate::store::Store;
 use crate::{background, bus, relay, watch};
@@ -87,6 +88,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let shutdown = CancellationToken::new();
     let relay_wake = Arc::new(Notify::new());
+    let metrics = Metrics::new();
     let config = Arc::new(config);
     let shared = Shared {
         store: store.clone(),
@@ -97,6 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         relay_wake: relay_wake.clone(),
         hub,
         admission: Arc::new(tokio::sync::Semaphore::new(config.jobs.max_inflight_creates)),
+        metrics: metrics.clone(),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -124,7 +127,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         WorkerApi(shared),
         config.http.clone(),
         shutdown.clone(),
-    );
+    )
+    .merge(crate::gateway::metrics_router(metrics.clone(), store.clone()));
     tasks.push(tokio::spawn(crate::gateway::serve(
         http_listener,
         http_router,
@@ -147,6 +151,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.loops.clone(),
             consumer,
             relay_wake.clone(),
+            metrics.clone(),
             shutdown.clone(),
         )));
     } else {
@@ -156,6 +161,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store,
         config.loops.clone(),
         relay_wake,
+        metrics,
         shutdown.clone(),
     )));
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "dispatch started");

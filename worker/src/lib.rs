@@ -24,6 +24,7 @@
 //! ```
 
 pub mod handlers;
+pub mod metrics;
 mod runner;
 
 use std::collections::HashMap;
@@ -53,6 +54,8 @@ pub struct WorkerConfig {
     pub drain_grace: Duration,
     /// JetStream stream holding `job_run.>` (created by dispatch).
     pub run_stream: String,
+    /// Where to serve Prometheus `GET /metrics`; `None` serves nothing.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -65,6 +68,7 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(30),
             drain_grace: Duration::from_secs(30),
             run_stream: "DISPATCH_RUN".into(),
+            metrics_addr: None,
         }
     }
 }

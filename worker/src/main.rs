@@ -29,9 +29,12 @@ struct Flags {
     /// Drain grace period on SIGTERM, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_grace_s: u64,
-    /// Log JSON lines.
-    #[arg(long)]
+    /// Log JSON lines (every line about a job carries job_id, queue, attempt, trace_id).
+    #[arg(long, env = "DISPATCH_WORKER_LOG_JSON")]
     log_json: bool,
+    /// Serve Prometheus metrics on GET /metrics at this address (e.g. 127.0.0.1:9091).
+    #[arg(long, env = "DISPATCH_WORKER_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse_queues(s: &str) -> anyhow::Result<Vec<(String, usize)>> {
@@ -52,19 +55,14 @@ fn parse_queues(s: &str) -> anyhow::Result<Vec<(String, usize)>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    if flags.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    let _telemetry = dispatch_telemetry::init("worker", flags.log_json).map_err(anyhow::Error::msg)?;
     let mut cfg = WorkerConfig {
         dispatch_url: flags.dispatch_url,
         nats_url: flags.nats_url,
         queues: parse_queues(&flags.queues)?,
         lease: Duration::from_secs(flags.lease_s.max(3)),
         drain_grace: Duration::from_secs(flags.drain_grace_s),
+        metrics_addr: flags.metrics_addr,
         ..Default::default()
     };
     if let Some(id) = flags.worker_id {

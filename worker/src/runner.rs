@@ -51,6 +51,15 @@ pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: Cancell
             }
         }
     };
+    let metrics = crate::metrics::Metrics::new();
+    if let Some(addr) = cfg.metrics_addr {
+        let (m, token) = (metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = m.serve(addr, token).await {
+                tracing::error!(error = %e, %addr, "worker metrics server failed");
+            }
+        });
+    }
     let tracker = TaskTracker::new();
     // Cancelled when the grace period is over: running jobs are handed back.
     let hand_back = CancellationToken::new();
@@ -78,6 +87,7 @@ pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: Cancell
             slots: Arc::new(Semaphore::new((*concurrency).max(1))),
             tracker: tracker.clone(),
             hand_back: hand_back.clone(),
+            metrics: metrics.clone(),
         };
         pullers.push(tokio::spawn(ctx.run(shutdown.clone())));
     }
@@ -105,6 +115,7 @@ struct Puller {
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
     hand_back: CancellationToken,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Puller {
@@ -133,6 +144,7 @@ impl Puller {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "pull failed");
+                    self.metrics.errors.with_label_values(&["pull"]).inc();
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                         _ = shutdown.cancelled() => return,
@@ -148,6 +160,8 @@ impl Puller {
                     handlers: self.handlers.clone(),
                     cfg: self.cfg.clone(),
                     hand_back: self.hand_back.clone(),
+                    metrics: self.metrics.clone(),
+                    traceparent: String::new(),
                 };
                 self.tracker.spawn(async move {
                     job.handle(msg).await;
@@ -163,6 +177,23 @@ struct JobRunner {
     handlers: Handlers,
     cfg: WorkerConfig,
     hand_back: CancellationToken,
+    metrics: crate::metrics::Metrics,
+    /// Trace context sent with every call about this attempt: the job span's, or the one the
+    /// run message carried when nothing is exported.
+    traceparent: String,
+}
+
+impl JobRunner {
+    /// A request carrying this attempt's trace context.
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        if let Ok(v) = self.traceparent.parse()
+            && !self.traceparent.is_empty()
+        {
+            req.metadata_mut().insert("traceparent", v);
+        }
+        req
+    }
 }
 
 fn pb_duration(d: Duration) -> pbjson_types::Duration {
@@ -187,15 +218,41 @@ impl JobRunner {
                 return;
             }
         };
-        let claim = self
-            .client
-            .claim_job(pb::ClaimJobRequest {
-                job_id: run.job_id.clone(),
-                attempt: run.attempt,
-                worker_id: self.cfg.worker_id.clone(),
-                lease_duration: Some(pb_duration(self.cfg.lease)),
-            })
-            .await;
+        // One span per attempt, child of the relay's publish span (the job's trace).
+        let sent = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "job",
+            otel.name = format!("run {}", run.r#type),
+            otel.kind = "consumer",
+            job_id = %run.job_id,
+            queue = %run.queue,
+            job_type = %run.r#type,
+            attempt = run.attempt,
+            worker_id = %self.cfg.worker_id,
+            trace_id = tracing::field::Empty,
+        );
+        dispatch_telemetry::set_parent(&span, &sent);
+        let trace_id = dispatch_telemetry::trace_id(&span, &sent);
+        if !trace_id.is_empty() {
+            span.record("trace_id", trace_id.as_str());
+        }
+        self.traceparent = dispatch_telemetry::traceparent(&span).unwrap_or(sent);
+        tracing::Instrument::instrument(self.claim_and_run(run, msg), span).await;
+    }
+
+    async fn claim_and_run(mut self, run: pb::JobRun, msg: jetstream::Message) {
+        let req = self.request(pb::ClaimJobRequest {
+            job_id: run.job_id.clone(),
+            attempt: run.attempt,
+            worker_id: self.cfg.worker_id.clone(),
+            lease_duration: Some(pb_duration(self.cfg.lease)),
+        });
+        let claim = self.client.claim_job(req).await;
         let job = match claim {
             Ok(r) => {
                 // From here the Redis lease is the one retry clock.
@@ -211,18 +268,29 @@ impl JobRunner {
                     Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
                 ) =>
             {
-                tracing::debug!(job_id = %run.job_id, attempt = run.attempt, reason = %s.message(), "claim refused; message dropped");
+                tracing::debug!(reason = %s.message(), "claim refused; message dropped");
+                self.metrics.claims_refused.with_label_values(&[&run.queue]).inc();
                 let _ = msg.ack().await;
                 return;
             }
             Err(s) => {
-                tracing::warn!(job_id = %run.job_id, error = %s, "claim failed; message will be redelivered");
+                tracing::warn!(error = %s, "claim failed; message will be redelivered");
+                self.metrics.errors.with_label_values(&["claim"]).inc();
                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 return;
             }
         };
-        let span = tracing::info_span!("job", job_id = %job.id, queue = %job.queue, attempt = job.attempt);
-        tracing::Instrument::instrument(self.run_job(job), span).await;
+        let labels = [job.queue.clone(), job.r#type.clone()];
+        self.metrics.started.with_label_values(&labels).inc();
+        let in_flight = self.metrics.in_flight.with_label_values(&[&job.queue]);
+        in_flight.inc();
+        let began = std::time::Instant::now();
+        self.run_job(job).await;
+        in_flight.dec();
+        self.metrics
+            .run_time
+            .with_label_values(&labels)
+            .observe(began.elapsed().as_secs_f64());
     }
 
     async fn run_job(&mut self, job: pb::Job) {
@@ -244,21 +312,38 @@ impl JobRunner {
         };
         // The heartbeat task sets `stop` to Cancelled or LeaseLost and cancels the token.
         let stop: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
-        let beat = tokio::spawn(heartbeat(
+        let beat = tokio::spawn(tracing::Instrument::in_current_span(heartbeat(
             self.client.clone(),
             ctx.clone(),
             lease_id.clone(),
             self.cfg.lease,
             stop.clone(),
-        ));
+            self.traceparent.clone(),
+        )));
+        let handler_span = tracing::info_span!("handler", otel.name = format!("handle {}", job.r#type));
         let outcome = tokio::select! {
-            r = handler(ctx.clone()) => Outcome::Done(r),
+            r = tracing::Instrument::instrument(handler(ctx.clone()), handler_span) => Outcome::Done(r),
             _ = tokio::time::sleep(timeout) => Outcome::TimedOut(timeout),
             _ = ctx.cancelled.cancelled() => stop.lock().ok().and_then(|mut s| s.take()).unwrap_or(Outcome::LeaseLost),
             _ = self.hand_back.cancelled() => Outcome::HandedBack,
         };
         ctx.cancelled.cancel();
         beat.abort();
+        let labels = [job.queue.as_str(), job.r#type.as_str()];
+        let failed = |reason: &str| {
+            self.metrics
+                .failed
+                .with_label_values(&[labels[0], labels[1], reason])
+                .inc()
+        };
+        match &outcome {
+            Outcome::Done(Ok(_)) => self.metrics.succeeded.with_label_values(&labels).inc(),
+            Outcome::Done(Err(_)) => failed("error"),
+            Outcome::TimedOut(_) => failed("timeout"),
+            Outcome::Cancelled => failed("cancelled"),
+            Outcome::LeaseLost => self.metrics.lease_lost.with_label_values(&labels).inc(),
+            Outcome::HandedBack => failed("handed_back"),
+        }
         match outcome {
             Outcome::Done(Ok(result)) => self.report_complete(&job, &lease_id, result).await,
             Outcome::Done(Err(e)) => self.report_fail(&job, &lease_id, &e.message, e.retryable, None).await,
@@ -292,10 +377,13 @@ impl JobRunner {
         let client = self.client.clone();
         let r = with_retries(|| {
             let mut c = client.clone();
-            let req = req.clone();
+            let req = self.request(req.clone());
             async move { c.complete_job(req).await.map(|_| ()) }
         })
         .await;
+        if r.is_err() {
+            self.metrics.errors.with_label_values(&["report"]).inc();
+        }
         match r {
             Ok(()) => tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, "job succeeded"),
             Err(s) => tracing::warn!(job_id = %job.id, attempt = job.attempt, error = %s, "completion not recorded"),
@@ -320,10 +408,13 @@ impl JobRunner {
         let client = self.client.clone();
         let r = with_retries(|| {
             let mut c = client.clone();
-            let req = req.clone();
+            let req = self.request(req.clone());
             async move { c.fail_job(req).await.map(|_| ()) }
         })
         .await;
+        if r.is_err() {
+            self.metrics.errors.with_label_values(&["report"]).inc();
+        }
         match r {
             Ok(()) => {
                 tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, error, "job attempt failed")
@@ -363,16 +454,22 @@ async fn heartbeat(
     lease_id: String,
     lease: Duration,
     stop: Arc<Mutex<Option<Outcome>>>,
+    traceparent: String,
 ) {
     let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;
-        let req = pb::HeartbeatRequest {
+        let mut req = tonic::Request::new(pb::HeartbeatRequest {
             job_id: ctx.job.id.clone(),
             lease_id: lease_id.clone(),
             progress: ctx.take_progress().map(|p| json::to_proto(&p)),
             lease_duration: Some(pb_duration(lease)),
-        };
+        });
+        if let Ok(v) = traceparent.parse()
+            && !traceparent.is_empty()
+        {
+            req.metadata_mut().insert("traceparent", v);
+        }
         match client.clone().heartbeat(req).await {
             Ok(r) if r.get_ref().cancel_requested => {
                 tracing::info!(job_id = %ctx.job.id, "cancel requested; stopping the job");

@@ -65,6 +65,22 @@ pub fn router(jobs: JobApi, workers: WorkerApi, limits: Http, shutdown: Cancella
         .with_state(gateway)
 }
 
+/// `GET /metrics`: the Prometheus text exposition of `metrics`.
+pub fn metrics_router(metrics: crate::metrics::Metrics, store: crate::store::Store) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let (metrics, store) = (metrics.clone(), store.clone());
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    metrics.render(&store).await,
+                )
+            }
+        }),
+    )
+}
+
 /// Serves `router` on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router, shutdown: CancellationToken) {
     if let Err(e) = axum::serve(listener, router)

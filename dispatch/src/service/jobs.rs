@@ -8,6 +8,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::{Shared, traceparent};
 use crate::api::{self, FieldErrors, validate};
@@ -26,9 +27,15 @@ impl JobApi {
             .0
             .store
             .create(&id, job, self.0.config.jobs.idempotency_window_ms)
-            .await?;
+            .await
+            .map_err(|e| self.0.store_err(e))?;
         if created.created {
-            tracing::info!(job_id = %created.job.id, queue = %created.job.queue, job_type = %created.job.job_type, "job created");
+            self.0
+                .metrics
+                .created
+                .with_label_values(&[&created.job.queue, &created.job.job_type])
+                .inc();
+            tracing::info!(job_id = %created.job.id, queue = %created.job.queue, job_type = %created.job.job_type, attempt = created.job.attempt, "job created");
         }
         Ok(pb::CreateJobResponse {
             job: Some(api::job_to_pb(&created.job)),
@@ -42,214 +49,276 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobResponse, Status
 #[tonic::async_trait]
 impl JobService for JobApi {
     async fn create_job(&self, req: Request<pb::CreateJobRequest>) -> Result<Response<pb::CreateJobResponse>, Status> {
-        let tp = traceparent(&req);
-        let mut errs = FieldErrors::default();
-        let job = self.0.limits.new_job(&mut errs, "", req.get_ref(), &tp);
-        errs.into_result(())?;
-        let _permit = self.0.admit(1)?;
-        let resp = self.create_one(uuid::Uuid::now_v7().to_string(), &job).await?;
-        self.0.relay_wake.notify_one();
-        Ok(Response::new(resp))
+        let span = super::rpc_span("dispatch.v1.JobService/CreateJob", req.metadata());
+        async move {
+            // The job's trace context: this span's (a child of the caller's), or when nothing is
+            // exported, the caller's traceparent as sent. Every later span of the job hangs off it.
+            let tp = dispatch_telemetry::traceparent(&tracing::Span::current()).unwrap_or_else(|| traceparent(&req));
+            let mut errs = FieldErrors::default();
+            let job = self.0.limits.new_job(&mut errs, "", req.get_ref(), &tp);
+            errs.into_result(())?;
+            let _permit = self.0.admit(1)?;
+            let id = uuid::Uuid::now_v7().to_string();
+            tracing::Span::current().record("job_id", id.as_str());
+            let resp = self.create_one(id, &job).await?;
+            self.0.relay_wake.notify_one();
+            Ok(Response::new(resp))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn create_jobs(
         &self,
         req: Request<pb::CreateJobsRequest>,
     ) -> Result<Response<pb::CreateJobsResponse>, Status> {
-        let tp = traceparent(&req);
-        let mut errs = FieldErrors::default();
-        let reqs = &req.get_ref().jobs;
-        if reqs.is_empty() || reqs.len() > MAX_BATCH {
-            errs.add("jobs", format!("must hold 1 to {MAX_BATCH} jobs"));
+        let span = super::rpc_span("dispatch.v1.JobService/CreateJobs", req.metadata());
+        async move {
+            // The jobs of one batch share its trace.
+            let tp = dispatch_telemetry::traceparent(&tracing::Span::current()).unwrap_or_else(|| traceparent(&req));
+            let mut errs = FieldErrors::default();
+            let reqs = &req.get_ref().jobs;
+            if reqs.is_empty() || reqs.len() > MAX_BATCH {
+                errs.add("jobs", format!("must hold 1 to {MAX_BATCH} jobs"));
+            }
+            let jobs: Vec<_> = reqs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| self.0.limits.new_job(&mut errs, &format!("jobs[{i}]."), r, &tp))
+                .collect();
+            errs.into_result(())?;
+            let _permit = self.0.admit(jobs.len())?;
+            let results = futures::future::try_join_all(
+                jobs.iter()
+                    .map(|job| self.create_one(uuid::Uuid::now_v7().to_string(), job)),
+            )
+            .await?;
+            self.0.relay_wake.notify_one();
+            Ok(Response::new(pb::CreateJobsResponse { results }))
         }
-        let jobs: Vec<_> = reqs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| self.0.limits.new_job(&mut errs, &format!("jobs[{i}]."), r, &tp))
-            .collect();
-        errs.into_result(())?;
-        let _permit = self.0.admit(jobs.len())?;
-        let results = futures::future::try_join_all(
-            jobs.iter()
-                .map(|job| self.create_one(uuid::Uuid::now_v7().to_string(), job)),
-        )
-        .await?;
-        self.0.relay_wake.notify_one();
-        Ok(Response::new(pb::CreateJobsResponse { results }))
+        .instrument(span)
+        .await
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
-        let id = &req.get_ref().id;
-        let mut errs = FieldErrors::default();
-        validate::job_id(&mut errs, "id", id);
-        errs.into_result(())?;
-        let job = self.0.store.get(id).await?;
-        Ok(Response::new(pb::GetJobResponse {
-            job: Some(api::job_to_pb(&job)),
-        }))
+        let span = super::rpc_span("dispatch.v1.JobService/GetJob", req.metadata());
+        async move {
+            let id = &req.get_ref().id;
+            let mut errs = FieldErrors::default();
+            validate::job_id(&mut errs, "id", id);
+            errs.into_result(())?;
+            let job = self.0.store.get(id).await.map_err(|e| self.0.store_err(e))?;
+            super::note_job(&job);
+            Ok(Response::new(pb::GetJobResponse {
+                job: Some(api::job_to_pb(&job)),
+            }))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let r = req.get_ref();
-        let mut errs = FieldErrors::default();
-        if !r.queue.is_empty()
-            && (r.queue.len() > 128
-                || !r
-                    .queue
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        {
-            errs.add("queue", "is not a valid queue name");
+        let span = super::rpc_span("dispatch.v1.JobService/ListJobs", req.metadata());
+        async move {
+            let r = req.get_ref();
+            let mut errs = FieldErrors::default();
+            if !r.queue.is_empty()
+                && (r.queue.len() > 128
+                    || !r
+                        .queue
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            {
+                errs.add("queue", "is not a valid queue name");
+            }
+            let state = api::state_from_pb(r.state);
+            if state.is_none() && r.state != 0 {
+                errs.add("state", "is not a known JobState");
+            }
+            if r.page_size > MAX_PAGE {
+                errs.add("page_size", format!("must be at most {MAX_PAGE}"));
+            }
+            if !r.page_token.is_empty() {
+                validate::job_id(&mut errs, "page_token", &r.page_token);
+            }
+            errs.into_result(())?;
+            let size = if r.page_size == 0 { 100 } else { r.page_size as usize };
+            let queues = if r.queue.is_empty() {
+                self.0.store.queue_names().await.map_err(|e| self.0.store_err(e))?
+            } else {
+                vec![r.queue.clone()]
+            };
+            let states: Vec<State> = match state {
+                Some(s) => vec![s],
+                None => State::ALL.to_vec(),
+            };
+            // One extra id tells whether another page exists.
+            let mut ids = self
+                .0
+                .store
+                .list_ids(&queues, &states, &r.page_token, size + 1)
+                .await
+                .map_err(|e| self.0.store_err(e))?;
+            let more = ids.len() > size;
+            ids.truncate(size);
+            let jobs = self.0.store.get_many(&ids).await.map_err(|e| self.0.store_err(e))?;
+            let next_page_token = if more {
+                ids.last().cloned().unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(Response::new(pb::ListJobsResponse {
+                jobs: jobs.iter().map(api::job_to_pb).collect(),
+                next_page_token,
+            }))
         }
-        let state = api::state_from_pb(r.state);
-        if state.is_none() && r.state != 0 {
-            errs.add("state", "is not a known JobState");
-        }
-        if r.page_size > MAX_PAGE {
-            errs.add("page_size", format!("must be at most {MAX_PAGE}"));
-        }
-        if !r.page_token.is_empty() {
-            validate::job_id(&mut errs, "page_token", &r.page_token);
-        }
-        errs.into_result(())?;
-        let size = if r.page_size == 0 { 100 } else { r.page_size as usize };
-        let queues = if r.queue.is_empty() {
-            self.0.store.queue_names().await?
-        } else {
-            vec![r.queue.clone()]
-        };
-        let states: Vec<State> = match state {
-            Some(s) => vec![s],
-            None => State::ALL.to_vec(),
-        };
-        // One extra id tells whether another page exists.
-        let mut ids = self.0.store.list_ids(&queues, &states, &r.page_token, size + 1).await?;
-        let more = ids.len() > size;
-        ids.truncate(size);
-        let jobs = self.0.store.get_many(&ids).await?;
-        let next_page_token = if more {
-            ids.last().cloned().unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.iter().map(api::job_to_pb).collect(),
-            next_page_token,
-        }))
+        .instrument(span)
+        .await
     }
 
     type WatchJobStream = WatchStream;
 
     async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
-        let id = req.into_inner().id;
-        let mut errs = FieldErrors::default();
-        validate::job_id(&mut errs, "id", &id);
-        errs.into_result(())?;
-        // Subscribe before the first read so no wake-up falls between the two.
-        let mut wakes = self.0.hub.subscribe();
-        let job = self.0.store.get(&id).await?;
-        let store = self.0.store.clone();
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut cursor = "-".to_string();
-            loop {
-                let events = match store.history(&id, &cursor, 256).await {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
+        let span = super::rpc_span("dispatch.v1.JobService/WatchJob", req.metadata());
+        async move {
+            let id = req.into_inner().id;
+            let mut errs = FieldErrors::default();
+            validate::job_id(&mut errs, "id", &id);
+            errs.into_result(())?;
+            // Subscribe before the first read so no wake-up falls between the two.
+            let mut wakes = self.0.hub.subscribe();
+            let job = self.0.store.get(&id).await.map_err(|e| self.0.store_err(e))?;
+            let store = self.0.store.clone();
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                let mut cursor = "-".to_string();
+                loop {
+                    let events = match store.history(&id, &cursor, 256).await {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::from(e))).await;
+                            return;
+                        }
+                    };
+                    let full = events.len() == 256;
+                    let mut last_terminal = false;
+                    for e in &events {
+                        cursor = e.stream_id.clone();
+                        last_terminal = e.state.is_terminal();
+                        let msg = pb::WatchJobResponse {
+                            event: Some(api::event_to_pb(&job, e)),
+                        };
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return; // the caller went away
+                        }
+                    }
+                    if full {
+                        continue;
+                    }
+                    if last_terminal {
                         return;
                     }
-                };
-                let full = events.len() == 256;
-                let mut last_terminal = false;
-                for e in &events {
-                    cursor = e.stream_id.clone();
-                    last_terminal = e.state.is_terminal();
-                    let msg = pb::WatchJobResponse {
-                        event: Some(api::event_to_pb(&job, e)),
-                    };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return; // the caller went away
+                    // Wait for a change to this job, a periodic re-read, or the caller leaving.
+                    let deadline = tokio::time::sleep(Duration::from_secs(1));
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            r = wakes.recv() => match r {
+                                Ok(changed) if *changed == *id => break,
+                                Ok(_) => continue,
+                                Err(_) => break, // lagged or closed: re-read
+                            },
+                            _ = &mut deadline => break,
+                            _ = tx.closed() => return,
+                        }
                     }
                 }
-                if full {
-                    continue;
-                }
-                if last_terminal {
-                    return;
-                }
-                // Wait for a change to this job, a periodic re-read, or the caller leaving.
-                let deadline = tokio::time::sleep(Duration::from_secs(1));
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        r = wakes.recv() => match r {
-                            Ok(changed) if *changed == *id => break,
-                            Ok(_) => continue,
-                            Err(_) => break, // lagged or closed: re-read
-                        },
-                        _ = &mut deadline => break,
-                        _ = tx.closed() => return,
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            });
+            let stream: WatchStream = Box::pin(ReceiverStream::new(rx));
+            Ok(Response::new(stream))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let r = req.get_ref();
-        let mut errs = FieldErrors::default();
-        validate::job_id(&mut errs, "id", &r.id);
-        if r.reason.len() > 1024 {
-            errs.add("reason", "must be at most 1024 characters");
+        let span = super::rpc_span("dispatch.v1.JobService/CancelJob", req.metadata());
+        async move {
+            let r = req.get_ref();
+            let mut errs = FieldErrors::default();
+            validate::job_id(&mut errs, "id", &r.id);
+            if r.reason.len() > 1024 {
+                errs.add("reason", "must be at most 1024 characters");
+            }
+            errs.into_result(())?;
+            let reason = if r.reason.is_empty() {
+                "cancelled"
+            } else {
+                r.reason.as_str()
+            };
+            let job = self
+                .0
+                .store
+                .cancel(&r.id, reason)
+                .await
+                .map_err(|e| self.0.store_err(e))?;
+            super::note_job(&job);
+            if job.state == store::State::Cancelled {
+                self.0.metrics.cancelled.with_label_values(&[&job.queue]).inc();
+            }
+            tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, state = job.state.as_str(), "job cancel requested");
+            self.0.relay_wake.notify_one();
+            Ok(Response::new(pb::CancelJobResponse {
+                job: Some(api::job_to_pb(&job)),
+            }))
         }
-        errs.into_result(())?;
-        let reason = if r.reason.is_empty() {
-            "cancelled"
-        } else {
-            r.reason.as_str()
-        };
-        let job = self.0.store.cancel(&r.id, reason).await?;
-        tracing::info!(job_id = %job.id, state = job.state.as_str(), "job cancel requested");
-        self.0.relay_wake.notify_one();
-        Ok(Response::new(pb::CancelJobResponse {
-            job: Some(api::job_to_pb(&job)),
-        }))
+        .instrument(span)
+        .await
     }
 
     async fn retry_job(&self, req: Request<pb::RetryJobRequest>) -> Result<Response<pb::RetryJobResponse>, Status> {
-        let id = &req.get_ref().id;
-        let mut errs = FieldErrors::default();
-        validate::job_id(&mut errs, "id", id);
-        errs.into_result(())?;
-        let job = self.0.store.retry(id).await?;
-        tracing::info!(job_id = %job.id, attempt = job.attempt, "job re-run");
-        self.0.relay_wake.notify_one();
-        Ok(Response::new(pb::RetryJobResponse {
-            job: Some(api::job_to_pb(&job)),
-        }))
+        let span = super::rpc_span("dispatch.v1.JobService/RetryJob", req.metadata());
+        async move {
+            let id = &req.get_ref().id;
+            let mut errs = FieldErrors::default();
+            validate::job_id(&mut errs, "id", id);
+            errs.into_result(())?;
+            let job = self.0.store.retry(id).await.map_err(|e| self.0.store_err(e))?;
+            super::note_job(&job);
+            tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, "job re-run");
+            self.0.relay_wake.notify_one();
+            Ok(Response::new(pb::RetryJobResponse {
+                job: Some(api::job_to_pb(&job)),
+            }))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn list_queues(
         &self,
-        _req: Request<pb::ListQueuesRequest>,
+        req: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        let queues = self.0.store.queue_counts().await?;
-        let c = |q: &store::QueueCounts, s: State| q.counts.get(s.as_str()).copied().unwrap_or(0);
-        Ok(Response::new(pb::ListQueuesResponse {
-            queues: queues
-                .iter()
-                .map(|q| pb::QueueInfo {
-                    name: q.name.clone(),
-                    depth: c(q, State::Queued),
-                    scheduled: c(q, State::Scheduled),
-                    running: c(q, State::Running),
-                    succeeded: c(q, State::Succeeded),
-                    failed: c(q, State::Failed),
-                    cancelled: c(q, State::Cancelled),
-                })
-                .collect(),
-        }))
+        let span = super::rpc_span("dispatch.v1.JobService/ListQueues", req.metadata());
+        async move {
+            let queues = self.0.store.queue_counts().await.map_err(|e| self.0.store_err(e))?;
+            let c = |q: &store::QueueCounts, s: State| q.counts.get(s.as_str()).copied().unwrap_or(0);
+            Ok(Response::new(pb::ListQueuesResponse {
+                queues: queues
+                    .iter()
+                    .map(|q| pb::QueueInfo {
+                        name: q.name.clone(),
+                        depth: c(q, State::Queued),
+                        scheduled: c(q, State::Scheduled),
+                        running: c(q, State::Running),
+                        succeeded: c(q, State::Succeeded),
+                        failed: c(q, State::Failed),
+                        cancelled: c(q, State::Cancelled),
+                    })
+                    .collect(),
+            }))
+        }
+        .instrument(span)
+        .await
     }
 }

@@ -9,7 +9,8 @@ use tokio::sync::Notify;
 
 use crate::api::Limits;
 use crate::config::Config;
-use crate::store::Store;
+use crate::metrics::Metrics;
+use crate::store::{JobRecord, Store};
 use crate::watch::Hub;
 
 pub use jobs::JobApi;
@@ -26,17 +27,67 @@ pub struct Shared {
     pub hub: Hub,
     /// Admission control for job creation: one permit per job being created.
     pub admission: Arc<tokio::sync::Semaphore>,
+    pub metrics: Metrics,
 }
 
 impl Shared {
     /// Permits for `n` jobs, or RESOURCE_EXHAUSTED when dispatch is at capacity.
     fn admit(&self, n: usize) -> Result<tokio::sync::SemaphorePermit<'_>, tonic::Status> {
         self.admission.try_acquire_many(n as u32).map_err(|_| {
+            self.metrics.rejected.with_label_values(&["overload"]).inc();
             tonic::Status::resource_exhausted(format!(
                 "dispatch is at capacity ({} jobs being created at once); retry with backoff",
                 self.config.jobs.max_inflight_creates
             ))
         })
+    }
+}
+
+impl Shared {
+    /// A store error as a status, counting Redis failures.
+    fn store_err(&self, e: crate::store::Error) -> tonic::Status {
+        if matches!(e, crate::store::Error::Redis(_)) {
+            self.metrics.redis_errors.inc();
+        }
+        tonic::Status::from(e)
+    }
+}
+
+/// The server span of one RPC, a child of the caller's span when it sent a `traceparent`
+/// (gRPC metadata, or the HTTP header through the REST gateway). Job fields are recorded
+/// once known ([`note_job`]); they become span attributes and log fields.
+fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = method,
+        job_id = tracing::field::Empty,
+        queue = tracing::field::Empty,
+        job_type = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let caller = metadata.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
+    dispatch_telemetry::set_parent(&span, caller);
+    let trace_id = dispatch_telemetry::trace_id(&span, caller);
+    if !trace_id.is_empty() {
+        span.record("trace_id", trace_id.as_str());
+    }
+    span
+}
+
+/// Records the job's id, queue, type and attempt on the current RPC span.
+fn note_job(job: &JobRecord) {
+    let span = tracing::Span::current();
+    span.record("job_id", job.id.as_str());
+    span.record("queue", job.queue.as_str());
+    span.record("job_type", job.job_type.as_str());
+    span.record("attempt", job.attempt);
+    let id = dispatch_telemetry::trace_id(&span, &job.traceparent);
+    if !id.is_empty() {
+        span.record("trace_id", id.as_str());
     }
 }
 

@@ -568,6 +568,29 @@ impl Store {
     pub async fn outbox_len(&self) -> Result<u64, Error> {
         Ok(self.client.xlen(OUTBOX).await?)
     }
+
+    /// Entries waiting in the outbox, and when the oldest was written (ms since the epoch; a
+    /// stream id starts with its time).
+    pub async fn outbox_stats(&self) -> Result<(u64, Option<u64>), Error> {
+        let pipeline = self.client.pipeline();
+        let _: () = pipeline.xlen(OUTBOX).await?;
+        let _: () = pipeline
+            .custom(
+                cmd("XRANGE"),
+                vec![OUTBOX.to_string(), "-".into(), "+".into(), "COUNT".into(), "1".into()],
+            )
+            .await?;
+        let (len, first): (u64, Value) = pipeline.all().await?;
+        let oldest = match first {
+            Value::Array(entries) => entries.first().and_then(|e| match e {
+                Value::Array(parts) => parts.first().and_then(|id| id.as_string()),
+                _ => None,
+            }),
+            _ => None,
+        }
+        .and_then(|id| id.split('-').next().and_then(|ms| ms.parse().ok()));
+        Ok((len, oldest))
+    }
 }
 
 /// The error for a script's refusal reply (`NOT_FOUND`, or `FAILED_PRECONDITION` + reason).

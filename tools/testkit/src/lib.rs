@@ -253,6 +253,7 @@ impl Stack {
             lease: Duration::from_secs(3),
             drain_grace: Duration::from_secs(5),
             run_stream: self.config.streams.run_stream.clone(),
+            metrics_addr: None,
         }
     }
 

@@ -1,0 +1,186 @@
+//! Prometheus metrics of one dispatch, served as text on `GET /metrics` (HTTP port).
+//!
+//! Counters and histograms count what this replica did (sum them across replicas); queue
+//! depth and outbox gauges are read from Redis at scrape time, so every replica reports the
+//! same, whole-system values.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::store::{JobRecord, State, Store, now_ms};
+
+/// Latency buckets in seconds: 1 ms to 10 min.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+];
+
+/// The metrics of one dispatch. Cheap to clone (the collectors are shared).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub created: IntCounterVec,
+    pub started: IntCounterVec,
+    pub succeeded: IntCounterVec,
+    pub failed: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub cancelled: IntCounterVec,
+    pub enqueue_to_start: HistogramVec,
+    pub run_time: HistogramVec,
+    pub lease_expiries: IntCounter,
+    pub redis_errors: IntCounter,
+    pub nats_errors: IntCounterVec,
+    pub rejected: IntCounterVec,
+    queue_depth: IntGaugeVec,
+    outbox_depth: prometheus::IntGauge,
+    outbox_age: prometheus::Gauge,
+    scrape_errors: IntCounter,
+    pub relay_batch: Histogram,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let job = &["queue", "type"];
+        let created = counter(&r, "dispatch_jobs_created_total", "Jobs created (idempotent repeats excluded).", job);
+        let started = counter(&r, "dispatch_jobs_started_total", "Attempts claimed by a worker.", job);
+        let succeeded = counter(&r, "dispatch_jobs_succeeded_total", "Jobs that ended SUCCEEDED.", job);
+        let failed = counter(&r, "dispatch_jobs_failed_total", "Jobs that ended FAILED (dead-lettered).", job);
+        let retries = counter(&r, "dispatch_job_retries_total", "Failed attempts that will be retried.", job);
+        let cancelled = counter(&r, "dispatch_jobs_cancelled_total", "Jobs that ended CANCELLED.", &["queue"]);
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), labels)
+                .expect("valid metric");
+            r.register(Box::new(h.clone())).expect("registered once");
+            h
+        };
+        let enqueue_to_start = histogram(
+            "dispatch_job_enqueue_to_start_seconds",
+            "From a job becoming due (created, or its retry time) to its claim.",
+            &["queue"],
+        );
+        let run_time = histogram(
+            "dispatch_job_run_seconds",
+            "From claim to the completion or failure report of an attempt.",
+            &["queue", "type"],
+        );
+        let single = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let lease_expiries = single("dispatch_lease_expiries_total", "Running attempts whose lease expired (reaped).");
+        let redis_errors = single("dispatch_redis_errors_total", "Redis calls that failed.");
+        let scrape_errors = single("dispatch_metrics_scrape_errors_total", "Scrapes that could not read Redis.");
+        let nats_errors = counter(&r, "dispatch_nats_errors_total", "NATS publishes that failed or were not acked.", &["op"]);
+        let rejected = counter(&r, "dispatch_requests_rejected_total", "Requests refused before any write.", &["reason"]);
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("dispatch_queue_jobs", "Jobs per queue and state, read from Redis at scrape time."),
+            &["queue", "state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(queue_depth.clone())).expect("registered once");
+        let outbox_depth =
+            prometheus::IntGauge::new("dispatch_outbox_depth", "Outbox entries not yet published to NATS.")
+                .expect("valid metric");
+        r.register(Box::new(outbox_depth.clone())).expect("registered once");
+        let outbox_age = prometheus::Gauge::new(
+            "dispatch_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox entry (0 when empty).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(outbox_age.clone())).expect("registered once");
+        let relay_batch = Histogram::with_opts(
+            HistogramOpts::new("dispatch_relay_batch_size", "Outbox entries published per relay batch.")
+                .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(relay_batch.clone())).expect("registered once");
+        Metrics {
+            registry: r,
+            created,
+            started,
+            succeeded,
+            failed,
+            retries,
+            cancelled,
+            enqueue_to_start,
+            run_time,
+            lease_expiries,
+            redis_errors,
+            nats_errors,
+            rejected,
+            queue_depth,
+            outbox_depth,
+            outbox_age,
+            scrape_errors,
+            relay_batch,
+        }
+    }
+
+    /// Counts a claim: started, and the wait since the job became due.
+    pub fn on_claim(&self, job: &JobRecord) {
+        self.started.with_label_values(&[&job.queue, &job.job_type]).inc();
+        let start = job.started_at_ms.unwrap_or_else(now_ms);
+        let waited = start.saturating_sub(job.run_at_ms.max(job.created_at_ms));
+        self.enqueue_to_start
+            .with_label_values(&[&job.queue])
+            .observe(waited as f64 / 1000.0);
+    }
+
+    /// Counts the end of an attempt reported by a worker (`started_ms` from before the report).
+    pub fn on_report(&self, job: &JobRecord, started_ms: Option<u64>) {
+        let labels = [job.queue.as_str(), job.job_type.as_str()];
+        if let Some(s) = started_ms {
+            self.run_time
+                .with_label_values(&labels)
+                .observe(now_ms().saturating_sub(s) as f64 / 1000.0);
+        }
+        match job.state {
+            State::Succeeded => self.succeeded.with_label_values(&labels).inc(),
+            State::Failed => self.failed.with_label_values(&labels).inc(),
+            State::Cancelled => self.cancelled.with_label_values(&[&job.queue]).inc(),
+            State::Scheduled | State::Queued => self.retries.with_label_values(&labels).inc(),
+            State::Running => {}
+        }
+    }
+
+    /// The text exposition, after refreshing the gauges read from Redis.
+    pub async fn render(&self, store: &Store) -> String {
+        if let Err(e) = self.refresh(store).await {
+            tracing::warn!(error = %e, "metrics: cannot read Redis");
+            self.scrape_errors.inc();
+        }
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    async fn refresh(&self, store: &Store) -> Result<(), crate::store::Error> {
+        let counts = store.queue_counts().await?;
+        self.queue_depth.reset();
+        for q in counts {
+            for (state, n) in &q.counts {
+                self.queue_depth.with_label_values(&[q.name.as_str(), state]).set(*n as i64);
+            }
+        }
+        let (len, oldest_ms) = store.outbox_stats().await?;
+        self.outbox_depth.set(len as i64);
+        self.outbox_age
+            .set(oldest_ms.map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0));
+        Ok(())
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
