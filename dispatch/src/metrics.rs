@@ -49,12 +49,32 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let job = &["queue", "type"];
-        let created = counter(&r, "dispatch_jobs_created_total", "Jobs created (idempotent repeats excluded).", job);
+        let created = counter(
+            &r,
+            "dispatch_jobs_created_total",
+            "Jobs created (idempotent repeats excluded).",
+            job,
+        );
         let started = counter(&r, "dispatch_jobs_started_total", "Attempts claimed by a worker.", job);
         let succeeded = counter(&r, "dispatch_jobs_succeeded_total", "Jobs that ended SUCCEEDED.", job);
-        let failed = counter(&r, "dispatch_jobs_failed_total", "Jobs that ended FAILED (dead-lettered).", job);
-        let retries = counter(&r, "dispatch_job_retries_total", "Failed attempts that will be retried.", job);
-        let cancelled = counter(&r, "dispatch_jobs_cancelled_total", "Jobs that ended CANCELLED.", &["queue"]);
+        let failed = counter(
+            &r,
+            "dispatch_jobs_failed_total",
+            "Jobs that ended FAILED (dead-lettered).",
+            job,
+        );
+        let retries = counter(
+            &r,
+            "dispatch_job_retries_total",
+            "Failed attempts that will be retried.",
+            job,
+        );
+        let cancelled = counter(
+            &r,
+            "dispatch_jobs_cancelled_total",
+            "Jobs that ended CANCELLED.",
+            &["queue"],
+        );
         let histogram = |name: &str, help: &str, labels: &[&str]| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), labels)
                 .expect("valid metric");
@@ -76,13 +96,32 @@ impl Metrics {
             r.register(Box::new(c.clone())).expect("registered once");
             c
         };
-        let lease_expiries = single("dispatch_lease_expiries_total", "Running attempts whose lease expired (reaped).");
+        let lease_expiries = single(
+            "dispatch_lease_expiries_total",
+            "Running attempts whose lease expired (reaped).",
+        );
         let redis_errors = single("dispatch_redis_errors_total", "Redis calls that failed.");
-        let scrape_errors = single("dispatch_metrics_scrape_errors_total", "Scrapes that could not read Redis.");
-        let nats_errors = counter(&r, "dispatch_nats_errors_total", "NATS publishes that failed or were not acked.", &["op"]);
-        let rejected = counter(&r, "dispatch_requests_rejected_total", "Requests refused before any write.", &["reason"]);
+        let scrape_errors = single(
+            "dispatch_metrics_scrape_errors_total",
+            "Scrapes that could not read Redis.",
+        );
+        let nats_errors = counter(
+            &r,
+            "dispatch_nats_errors_total",
+            "NATS publishes that failed or were not acked.",
+            &["op"],
+        );
+        let rejected = counter(
+            &r,
+            "dispatch_requests_rejected_total",
+            "Requests refused before any write.",
+            &["reason"],
+        );
         let queue_depth = IntGaugeVec::new(
-            Opts::new("dispatch_queue_jobs", "Jobs per queue and state, read from Redis at scrape time."),
+            Opts::new(
+                "dispatch_queue_jobs",
+                "Jobs per queue and state, read from Redis at scrape time.",
+            ),
             &["queue", "state"],
         )
         .expect("valid metric");
@@ -168,7 +207,9 @@ impl Metrics {
         self.queue_depth.reset();
         for q in counts {
             for (state, n) in &q.counts {
-                self.queue_depth.with_label_values(&[q.name.as_str(), state]).set(*n as i64);
+                self.queue_depth
+                    .with_label_values(&[q.name.as_str(), state])
+                    .set(*n as i64);
             }
         }
         let (len, oldest_ms) = store.outbox_stats().await?;

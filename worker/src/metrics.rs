@@ -29,8 +29,16 @@ impl Metrics {
             c
         };
         let job = &["queue", "type"];
-        let started = counter("worker_jobs_started_total", "Attempts claimed and started by this worker.", job);
-        let succeeded = counter("worker_jobs_succeeded_total", "Attempts that succeeded (completion recorded).", job);
+        let started = counter(
+            "worker_jobs_started_total",
+            "Attempts claimed and started by this worker.",
+            job,
+        );
+        let succeeded = counter(
+            "worker_jobs_succeeded_total",
+            "Attempts that succeeded (completion recorded).",
+            job,
+        );
         let failed = counter(
             "worker_jobs_failed_total",
             "Attempts that failed: handler error, timeout, cancel, hand-back (by reason).",
@@ -41,7 +49,11 @@ impl Metrics {
             "Run messages whose claim dispatch refused (stale: already claimed, cancelled...).",
             &["queue"],
         );
-        let lease_lost = counter("worker_leases_lost_total", "Attempts abandoned because the lease was lost.", job);
+        let lease_lost = counter(
+            "worker_leases_lost_total",
+            "Attempts abandoned because the lease was lost.",
+            job,
+        );
         let errors = counter(
             "worker_errors_total",
             "Errors talking to NATS (pull) or dispatch (claim, heartbeat, report).",
@@ -88,7 +100,10 @@ impl Metrics {
                 let m = self.clone();
                 async move {
                     (
-                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
                         m.render(),
                     )
                 }

@@ -58,9 +58,14 @@ impl JobService for JobApi {
             let job = self.0.limits.new_job(&mut errs, "", req.get_ref(), &tp);
             errs.into_result(())?;
             let _permit = self.0.admit(1)?;
-            let id = uuid::Uuid::now_v7().to_string();
-            tracing::Span::current().record("job_id", id.as_str());
-            let resp = self.create_one(id, &job).await?;
+            let resp = self.create_one(uuid::Uuid::now_v7().to_string(), &job).await?;
+            if let Some(j) = &resp.job {
+                let span = tracing::Span::current();
+                span.record("job_id", j.id.as_str());
+                span.record("queue", j.queue.as_str());
+                span.record("job_type", j.r#type.as_str());
+                span.record("attempt", j.attempt);
+            }
             self.0.relay_wake.notify_one();
             Ok(Response::new(resp))
         }

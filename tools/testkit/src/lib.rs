@@ -126,20 +126,26 @@ pub fn spawn_redis(dir: &std::path::Path, port: u16) -> Proc {
     )
 }
 
-/// The `worker` binary, built beside the running executable (`cargo build --bins`).
-pub fn worker_bin() -> PathBuf {
+/// A binary of this workspace (`worker`, `dispatch`), built beside the running executable
+/// (`cargo build --bins`).
+pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/loadcheck or target/<profile>/deps/<test>-<hash>
     for dir in exe.ancestors().skip(1).take(2) {
-        let p = dir.join("worker");
+        let p = dir.join(name);
         if p.exists() {
             return p;
         }
     }
     panic!(
-        "worker binary not found near {}: run `cargo build --bins` first",
+        "{name} binary not found near {}: run `cargo build --bins` first",
         exe.display()
     );
+}
+
+/// The `worker` binary.
+pub fn worker_bin() -> PathBuf {
+    bin("worker")
 }
 
 /// Redis + NATS + dispatch, for one test.
