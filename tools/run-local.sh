@@ -12,6 +12,8 @@ REDIS_PORT=${REDIS_PORT:-6379}
 NATS_PORT=${NATS_PORT:-4222}
 GRPC_PORT=${GRPC_PORT:-50051}
 HTTP_PORT=${HTTP_PORT:-8080}
+WORKER1_METRICS_PORT=${WORKER1_METRICS_PORT:-9091}
+WORKER2_METRICS_PORT=${WORKER2_METRICS_PORT:-9092}
 PROFILE=${PROFILE:-release}
 
 tools/install.sh
@@ -19,10 +21,10 @@ if [ "$PROFILE" = release ]; then cargo build --release --bins; else cargo build
 BIN=$ROOT/target/$PROFILE
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$REDIS_PORT" "$NATS_PORT" "$GRPC_PORT" "$HTTP_PORT"; do
+for p in "$REDIS_PORT" "$NATS_PORT" "$GRPC_PORT" "$HTTP_PORT" "$WORKER1_METRICS_PORT" "$WORKER2_METRICS_PORT"; do
   if port_busy "$p"; then
     echo "run: port $p is already in use (a system redis-server or an earlier run?)." >&2
-    echo "     Stop it, or pick other ports: REDIS_PORT=... NATS_PORT=... GRPC_PORT=... HTTP_PORT=... make run" >&2
+    echo "     Stop it, or pick other ports: REDIS_PORT=... NATS_PORT=... GRPC_PORT=... HTTP_PORT=... WORKER1_METRICS_PORT=... WORKER2_METRICS_PORT=... make run" >&2
     exit 1
   fi
 done
@@ -62,8 +64,10 @@ pids+=($!)
 wait_port "$GRPC_PORT" dispatch
 wait_port "$HTTP_PORT" dispatch
 for i in 1 2; do
+  metrics_port=WORKER${i}_METRICS_PORT
   "$BIN/worker" --worker-id "worker-$i" --dispatch-url "http://127.0.0.1:$GRPC_PORT" \
-    --nats-url "nats://127.0.0.1:$NATS_PORT" --queues default=16 >"$RUN/logs/worker-$i.log" 2>&1 &
+    --nats-url "nats://127.0.0.1:$NATS_PORT" --queues default=16 \
+    --metrics-addr "127.0.0.1:${!metrics_port}" >"$RUN/logs/worker-$i.log" 2>&1 &
   pids+=($!)
 done
 
@@ -72,6 +76,8 @@ cat <<MSG
 Dispatch is running.
   gRPC (JobService, WorkerService, reflection, health): 127.0.0.1:$GRPC_PORT
   REST: http://127.0.0.1:$HTTP_PORT/api/...   reference: http://127.0.0.1:$HTTP_PORT/api/docs
+  Metrics: http://127.0.0.1:$HTTP_PORT/metrics (dispatch), :$WORKER1_METRICS_PORT/metrics and :$WORKER2_METRICS_PORT/metrics (workers)
+  Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4317) before make run to export them
   Redis: redis://127.0.0.1:$REDIS_PORT      NATS: nats://127.0.0.1:$NATS_PORT (JetStream)
   Workers: worker-1, worker-2 on queue "default"    Logs: $RUN/logs/
 Try:

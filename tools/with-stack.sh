@@ -3,12 +3,13 @@
 # two Rust workers on queue "default") on free loopback ports in a temporary directory, stopped
 # afterwards whatever the command's outcome. The command sees:
 #   STACK_GRPC=127.0.0.1:PORT  STACK_HTTP=http://127.0.0.1:PORT  STACK_NATS=nats://127.0.0.1:PORT
-#   (and REDIS_PORT, NATS_PORT, GRPC_PORT, HTTP_PORT)
+#   (and REDIS_PORT, NATS_PORT, GRPC_PORT, HTTP_PORT, WORKER1_METRICS_PORT, WORKER2_METRICS_PORT)
 # Usage: tools/with-stack.sh COMMAND [ARG...]     PROFILE=debug by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export REDIS_PORT=$(free_port) NATS_PORT=$(free_port) GRPC_PORT=$(free_port) HTTP_PORT=$(free_port)
+export WORKER1_METRICS_PORT=$(free_port) WORKER2_METRICS_PORT=$(free_port)
 export PROFILE=${PROFILE:-debug}
 export STACK_GRPC=127.0.0.1:$GRPC_PORT STACK_HTTP=http://127.0.0.1:$HTTP_PORT STACK_NATS=nats://127.0.0.1:$NATS_PORT
 log=$(mktemp)

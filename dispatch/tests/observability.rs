@@ -410,3 +410,30 @@ async fn metrics_parse_and_move_as_jobs_run() {
     assert_eq!(value(&w, "worker_jobs_in_flight", &[("queue", "default")]), 0.0);
     s.stop().await;
 }
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_that_exist() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let dashboard = std::fs::read_to_string(format!("{root}/docs/grafana-dashboard.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(!parsed["panels"].as_array().unwrap().is_empty());
+    let defined = std::fs::read_to_string(format!("{root}/dispatch/src/metrics.rs")).unwrap()
+        + &std::fs::read_to_string(format!("{root}/worker/src/metrics.rs")).unwrap();
+    let mut names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("dispatch_") || w.starts_with("worker_"))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    for n in names {
+        let base = n
+            .strip_suffix("_bucket")
+            .or_else(|| n.strip_suffix("_count"))
+            .unwrap_or(n);
+        assert!(
+            defined.contains(&format!("\"{base}\"")),
+            "dashboard metric {n} is not defined"
+        );
+    }
+}

@@ -320,7 +320,14 @@ impl JobRunner {
             stop.clone(),
             self.traceparent.clone(),
         )));
-        let handler_span = tracing::info_span!("handler", otel.name = format!("handle {}", job.r#type));
+        let handler_span = tracing::info_span!(
+            "handler",
+            otel.name = format!("handle {}", job.r#type),
+            job_id = %job.id,
+            queue = %job.queue,
+            job_type = %job.r#type,
+            attempt = job.attempt,
+        );
         let outcome = tokio::select! {
             r = tracing::Instrument::instrument(handler(ctx.clone()), handler_span) => Outcome::Done(r),
             _ = tokio::time::sleep(timeout) => Outcome::TimedOut(timeout),
