@@ -8,5 +8,5 @@ FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/dispatch /src/target/release/worker /usr/local/bin/
 COPY dispatch.sample.toml /etc/dispatch/dispatch.toml
-EXPOSE 50051 8080
+EXPOSE 50051 8080 9091
 CMD ["dispatch", "-c", "/etc/dispatch/dispatch.toml", "--grpc-addr", "0.0.0.0:50051", "--http-addr", "0.0.0.0:8080"]
