@@ -174,6 +174,20 @@ impl Metrics {
             .observe(waited as f64 / 1000.0);
     }
 
+    /// Counts a success recorded by a batch report (repeats excluded).
+    pub fn on_complete(&self, c: &crate::store::Completed) {
+        if !c.fresh {
+            return;
+        }
+        let labels = [c.queue.as_str(), c.job_type.as_str()];
+        if let Some(s) = c.started_at_ms {
+            self.run_time
+                .with_label_values(&labels)
+                .observe(now_ms().saturating_sub(s) as f64 / 1000.0);
+        }
+        self.succeeded.with_label_values(&labels).inc();
+    }
+
     /// Counts the end of an attempt reported by a worker (`started_ms` from before the report).
     pub fn on_report(&self, job: &JobRecord, started_ms: Option<u64>) {
         let labels = [job.queue.as_str(), job.job_type.as_str()];

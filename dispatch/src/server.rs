@@ -8,6 +8,7 @@ use anyhow::Context;
 use dispatch_client::pb::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
@@ -135,7 +136,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(listener);
+        // TCP_NODELAY on every connection: without it a response written in pieces (headers,
+        // body, trailers) waits on the caller's delayed ACK, 40 ms per unary call.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            if let Ok(c) = &conn {
+                let _ = c.set_nodelay(true);
+            }
+            conn
+        });
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
             .await

@@ -1,24 +1,51 @@
-//! Wake-ups for WatchJob: every transition script publishes the job id on the Redis channel
-//! `dispatch:watch`; one subscriber per dispatch process fans it out in-process. A watcher
-//! then reads the job's history stream from its cursor, so a missed wake-up only delays it
-//! until its next periodic read.
+//! Wake-ups for WatchJob: every transition script publishes on the Redis channel
+//! `dispatch:watch:<id>` of its job. One subscriber connection per dispatch process subscribes
+//! to the channels of the jobs being watched here, only while they are watched, so a job nobody
+//! watches costs one publish to nobody and nothing in dispatch. A watcher then reads the job's
+//! history from its cursor, so a missed wake-up only delays it until its next periodic read.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use fred::prelude::*;
 use tokio::sync::broadcast;
 
-use crate::store::WATCH_CHANNEL;
+use crate::store::PREFIX;
 
-/// In-process fan-out of changed job ids. Cheap to clone.
+type Channels = Arc<Mutex<HashMap<String, (broadcast::Sender<()>, usize)>>>;
+
+/// In-process fan-out of per-job wake-ups. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
-    tx: broadcast::Sender<Arc<str>>,
-    _client: Arc<fred::clients::SubscriberClient>,
+    client: Arc<fred::clients::SubscriberClient>,
+    channels: Channels,
+}
+
+/// Wake-ups of one watched job; unsubscribes when the last watcher of the job drops it.
+pub struct Watch {
+    pub rx: broadcast::Receiver<()>,
+    channel: String,
+    hub: Hub,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut map = self.hub.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, n)) = map.get_mut(&self.channel) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.channel);
+                let (client, channel) = (self.hub.client.clone(), self.channel.clone());
+                tokio::spawn(async move {
+                    let _ = client.unsubscribe(channel).await;
+                });
+            }
+        }
+    }
 }
 
 impl Hub {
-    /// Subscribes to the watch channel (resubscribing after reconnects).
+    /// Connects the subscriber (it resubscribes the watched channels after a reconnect).
     pub async fn start(redis_url: &str) -> Result<Hub, fred::error::Error> {
         let config = fred::types::config::Config::from_url(redis_url)?;
         let client = Builder::from_config(config)
@@ -26,25 +53,45 @@ impl Hub {
             .build_subscriber_client()?;
         client.init().await?;
         client.manage_subscriptions();
-        let (tx, _) = broadcast::channel(4096);
+        let channels: Channels = Arc::default();
         let mut rx = client.message_rx();
-        let fan = tx.clone();
+        let fan = channels.clone();
         tokio::spawn(async move {
             while let Ok(msg) = rx.recv().await {
-                if let Some(id) = msg.value.as_str() {
-                    let _ = fan.send(Arc::from(id.as_ref()));
+                let map = fan.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((tx, _)) = map.get(&*msg.channel) {
+                    let _ = tx.send(());
                 }
             }
         });
-        client.subscribe(WATCH_CHANNEL).await?;
         Ok(Hub {
-            tx,
-            _client: Arc::new(client),
+            client: Arc::new(client),
+            channels,
         })
     }
 
-    /// A receiver of changed job ids.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
-        self.tx.subscribe()
+    /// Wake-ups of job `id`, subscribed before this returns for the job's first watcher here.
+    /// (A wake-up lost to a race between a last watcher leaving and a new one arriving is
+    /// covered by the watcher's periodic re-read.)
+    pub async fn watch(&self, id: &str) -> Result<Watch, fred::error::Error> {
+        let channel = format!("{PREFIX}watch:{id}");
+        let (rx, first) = {
+            let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = map
+                .entry(channel.clone())
+                .or_insert_with(|| (broadcast::channel(16).0, 0));
+            entry.1 += 1;
+            (entry.0.subscribe(), entry.1 == 1)
+        };
+        let watch = Watch {
+            rx,
+            channel: channel.clone(),
+            hub: self.clone(),
+        };
+        if first {
+            // On an error the Watch is dropped, which undoes the registration.
+            self.client.subscribe(channel).await?;
+        }
+        Ok(watch)
     }
 }

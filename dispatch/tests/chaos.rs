@@ -397,6 +397,7 @@ async fn two_replicas_reap_each_expired_lease_once() {
             attempt: 1,
             worker_id: "gone".into(),
             lease_duration: Some(pbjson_types::Duration { seconds: 1, nanos: 0 }),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -204,8 +204,8 @@ async fn one_job_one_trace_across_dispatch_and_worker() {
                 && has("dispatch", "publish job_run.traced")
                 && has("worker", "run noop")
                 && has("worker", "handle noop")
-                && has("dispatch", "dispatch.v1.WorkerService/ClaimJob")
-                && has("dispatch", "dispatch.v1.WorkerService/CompleteJob"))
+                && has("dispatch", "dispatch.v1.WorkerService/ClaimJobs")
+                && has("dispatch", "dispatch.v1.WorkerService/CompleteJobs"))
             .then_some(mine)
         }
     })
@@ -226,9 +226,10 @@ async fn one_job_one_trace_across_dispatch_and_worker() {
     let publish = find("dispatch", "publish job_run.traced");
     let run = find("worker", "run noop");
     let handle = find("worker", "handle noop");
-    let claim = find("dispatch", "dispatch.v1.WorkerService/ClaimJob");
-    let complete = find("dispatch", "dispatch.v1.WorkerService/CompleteJob");
-    // caller -> CreateJob -> publish -> run -> {ClaimJob, handle, CompleteJob}
+    let claim = find("dispatch", "dispatch.v1.WorkerService/ClaimJobs");
+    let complete = find("dispatch", "dispatch.v1.WorkerService/CompleteJobs");
+    // caller -> CreateJob -> publish -> run -> {ClaimJobs, handle, CompleteJobs}: the worker's
+    // batch calls put each job's part in that job's own trace.
     assert_eq!(create.parent, caller_span);
     assert_eq!(publish.parent, create.span_id);
     assert_eq!(run.parent, publish.span_id);

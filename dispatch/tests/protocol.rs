@@ -28,6 +28,7 @@ async fn claim(s: &Stack, id: &str, attempt: u32, lease_s: i64) -> Result<pb::Jo
             attempt,
             worker_id: "manual".into(),
             lease_duration: secs(lease_s),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().job.unwrap())
@@ -60,6 +61,7 @@ async fn stale_lease_reports_are_refused_and_change_nothing() {
             job_id: job.id.clone(),
             lease_id: stale.clone(),
             result: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -115,6 +117,7 @@ async fn stale_lease_reports_are_refused_and_change_nothing() {
             job_id: job.id.clone(),
             lease_id: lease.lease_id.clone(),
             result: Some(dispatch_client::json::to_proto(&json!({"ok": true}))),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -127,6 +130,7 @@ async fn stale_lease_reports_are_refused_and_change_nothing() {
             job_id: job.id.clone(),
             lease_id: lease.lease_id.clone(),
             result: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -172,6 +176,7 @@ async fn expired_lease_is_reaped_and_the_late_report_refused() {
             job_id: job.id.clone(),
             lease_id: claimed.lease.unwrap().lease_id,
             result: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -365,6 +370,7 @@ async fn invalid_requests_get_field_violations_and_write_nothing() {
             attempt: 0,
             worker_id: String::new(),
             lease_duration: secs(3600),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -385,6 +391,7 @@ async fn invalid_requests_get_field_violations_and_write_nothing() {
             job_id: unknown.clone(),
             lease_id: unknown.clone(),
             result: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -457,5 +464,168 @@ async fn two_dispatch_replicas_run_every_job_exactly_once() {
         "processing published twice: {seen_p:?}"
     );
     second.shutdown().await;
+    s.stop().await;
+}
+
+/// ClaimJobs and CompleteJobs: each item is granted, recorded or refused on its own, exactly as
+/// the unary call would have done; a bad item rejects the call and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_claims_and_completions_decide_each_item_alone() {
+    let s = Stack::start().await;
+    let mut w = s.workers_api().await;
+    let a = s.create(json!({"queue":"batch","type":"noop"})).await.job.unwrap();
+    let b = s.create(json!({"queue":"batch","type":"noop"})).await.job.unwrap();
+    let item = |id: &str, attempt: u32| pb::ClaimJobRequest {
+        job_id: id.into(),
+        attempt,
+        worker_id: "batcher".into(),
+        lease_duration: secs(5),
+        ..Default::default()
+    };
+    let missing = "0190aaaa-0000-7000-8000-000000000000";
+
+    // A bad item (attempt 0) rejects the whole call, naming the item; nothing is claimed.
+    let e = w
+        .claim_jobs(pb::ClaimJobsRequest {
+            claims: vec![item(&a.id, 1), item(&b.id, 0)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), vec!["claims[1].attempt".to_string()]);
+    assert_eq!(s.get(&a.id).await.state, JobState::Queued as i32);
+    let e = w.claim_jobs(pb::ClaimJobsRequest { claims: vec![] }).await.unwrap_err();
+    assert_eq!(violations(&e), vec!["claims".to_string()]);
+
+    // Granted, stale attempt, unknown job, and a repeat of a claim granted in the same call.
+    let r = w
+        .claim_jobs(pb::ClaimJobsRequest {
+            claims: vec![
+                item(&a.id, 1),
+                item(&b.id, 2),
+                item(missing, 1),
+                item(&b.id, 1),
+                item(&a.id, 1),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let codes: Vec<Option<i32>> = r.iter().map(|x| x.error.as_ref().map(|e| e.code)).collect();
+    let (fp, nf) = (Code::FailedPrecondition as i32, Code::NotFound as i32);
+    assert_eq!(codes, vec![None, Some(fp), Some(nf), None, Some(fp)]);
+    let ja = r[0].job.clone().unwrap();
+    let jb = r[3].job.clone().unwrap();
+    assert_eq!((ja.id.as_str(), ja.state), (a.id.as_str(), JobState::Running as i32));
+    assert_eq!(ja.lease.as_ref().unwrap().worker_id, "batcher");
+    assert_eq!(jb.payload, b.payload);
+    assert!(r[1].job.is_none() && r[1].error.as_ref().unwrap().message.contains("attempt"));
+
+    // Completions: recorded, stale lease refused (record unchanged), repeat is a no-op.
+    let lease = |j: &pb::Job| j.lease.as_ref().unwrap().lease_id.clone();
+    let done = |id: &str, lease_id: String| pb::CompleteJobRequest {
+        job_id: id.into(),
+        lease_id,
+        result: Some(dispatch_client::json::to_proto(&json!({"ok": id}))),
+        ..Default::default()
+    };
+    let stale = "00000000-0000-0000-0000-000000000000".to_string();
+    let r = w
+        .complete_jobs(pb::CompleteJobsRequest {
+            completions: vec![
+                done(&a.id, lease(&ja)),
+                done(&b.id, stale.clone()),
+                done(missing, stale),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let states: Vec<(String, i32, Option<i32>)> = r
+        .into_iter()
+        .map(|x| (x.job_id, x.state, x.error.map(|e| e.code)))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (a.id.clone(), JobState::Succeeded as i32, None),
+            (b.id.clone(), JobState::Unspecified as i32, Some(fp)),
+            (missing.to_string(), JobState::Unspecified as i32, Some(nf)),
+        ]
+    );
+    let got_a = s.get(&a.id).await;
+    assert_eq!(got_a.state, JobState::Succeeded as i32);
+    assert_eq!(
+        dispatch_client::json::from_proto(got_a.result.as_ref()),
+        json!({"ok": a.id})
+    );
+    assert_eq!(s.get(&b.id).await.state, JobState::Running as i32);
+    let again = w
+        .complete_jobs(pb::CompleteJobsRequest {
+            completions: vec![done(&a.id, lease(&ja)), done(&b.id, lease(&jb))],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(
+        again
+            .iter()
+            .all(|x| x.error.is_none() && x.state == JobState::Succeeded as i32)
+    );
+    assert_eq!(s.get(&b.id).await.state, JobState::Succeeded as i32);
+    // A bad item rejects the call: an oversized traceparent, named by its index.
+    let mut bad = done(&b.id, lease(&jb));
+    bad.traceparent = "x".repeat(200);
+    let e = w
+        .complete_jobs(pb::CompleteJobsRequest { completions: vec![bad] })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), vec!["completions[0].traceparent".to_string()]);
+    s.stop().await;
+}
+
+/// CreateJobs writes a whole batch in one step; an idempotency key repeated inside the batch
+/// yields one job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_jobs_writes_the_batch_and_honours_idempotency_inside_it() {
+    let s = Stack::start().await;
+    let mut api = s.jobs().await;
+    let req = |key: &str, delay: bool| -> pb::CreateJobRequest {
+        let mut v = json!({"queue":"many","type":"noop","payload":{"k":key},"options":{"idempotencyKey":key}});
+        if delay {
+            v["options"]["delay"] = json!("60s");
+        }
+        serde_json::from_value(v).unwrap()
+    };
+    let r = api
+        .create_jobs(pb::CreateJobsRequest {
+            jobs: vec![req("k1", false), req("k2", true), req("k1", false)],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(r.iter().map(|x| x.created).collect::<Vec<_>>(), vec![true, true, false]);
+    let ids: Vec<String> = r.iter().map(|x| x.job.clone().unwrap().id).collect();
+    assert_eq!(ids[0], ids[2]);
+    assert_eq!(s.get(&ids[0]).await.state, JobState::Queued as i32);
+    assert_eq!(s.get(&ids[1]).await.state, JobState::Scheduled as i32);
+    // What CreateJobs answers is exactly what was stored (and, for the repeat, the first job).
+    for (i, id) in ids.iter().enumerate() {
+        let stored = s.get(id).await;
+        assert_eq!(r[i].job.as_ref(), Some(&stored), "job {i}");
+    }
+    let q = api
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .queues
+        .into_iter()
+        .find(|q| q.name == "many")
+        .unwrap();
+    assert_eq!((q.depth, q.scheduled), (1, 1));
     s.stop().await;
 }

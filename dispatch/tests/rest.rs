@@ -356,6 +356,59 @@ async fn a_worker_can_be_a_plain_http_loop() {
     assert_eq!(f.status, StatusCode::OK, "{}", f.json);
     assert_eq!(f.json["job"]["state"], "JOB_STATE_SCHEDULED");
     assert_eq!(f.json["job"]["error"]["message"], "disk full");
+
+    // The batch routes: claim two jobs (and one stale claim) in one call, complete them in one.
+    let mut created = Vec::new();
+    for i in 0..2 {
+        let body = json!({"queue": "http", "type": "resize", "payload": {"i": i}});
+        created.push(
+            http.post("/api/job", body).await.json["job"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let claims = http
+        .post(
+            "/api/jobs:claim",
+            json!({"claims": [
+                {"jobId": created[0], "attempt": 1, "workerId": "curl-b"},
+                {"jobId": created[1], "attempt": 1, "workerId": "curl-b"},
+                {"jobId": created[1], "attempt": 1, "workerId": "curl-b"}
+            ]}),
+        )
+        .await;
+    assert_eq!(claims.status, StatusCode::OK, "{}", claims.json);
+    let results = claims.json["results"].as_array().unwrap();
+    assert_eq!(results[0]["job"]["payload"], json!({"i": 0}));
+    assert_eq!(results[1]["job"]["state"], "JOB_STATE_RUNNING");
+    assert_eq!(results[2]["error"]["code"], 9, "{}", claims.json);
+    assert!(results[2].get("job").is_none());
+    let done = http
+        .post(
+            "/api/jobs:complete",
+            json!({"completions": [
+                {"jobId": created[0], "leaseId": results[0]["job"]["lease"]["leaseId"], "result": {"n": 0}},
+                {"jobId": created[1], "leaseId": "00000000-0000-0000-0000-000000000000"}
+            ]}),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.json);
+    assert_eq!(done.json["results"][0]["state"], "JOB_STATE_SUCCEEDED");
+    assert_eq!(done.json["results"][1]["error"]["code"], 9);
+    assert_eq!(
+        http.get(&format!("/api/job/{}", created[0])).await.json["job"]["result"],
+        json!({"n": 0})
+    );
+    // A bad item: 400 naming it, nothing written.
+    let bad = http
+        .post(
+            "/api/jobs:claim",
+            json!({"claims": [{"jobId": created[1], "attempt": 0, "workerId": "x"}]}),
+        )
+        .await;
+    assert_error(&bad, 400, "INVALID_ARGUMENT");
+    assert_eq!(violations(&bad), vec!["claims[0].attempt".to_string()]);
     s.stop().await;
 }
 

@@ -25,6 +25,7 @@
 
 pub mod handlers;
 pub mod metrics;
+mod report;
 mod runner;
 
 use std::collections::HashMap;

@@ -7,17 +7,19 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use dispatch_client::json;
 use dispatch_client::pb::{self, worker_service_client::WorkerServiceClient};
+use futures::FutureExt;
 use futures::StreamExt;
 use prost::Message;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::report::Reporter;
 use crate::{Handler, JobContext, WorkerConfig};
 
-type Client = WorkerServiceClient<Channel>;
+pub(crate) type Client = WorkerServiceClient<Channel>;
 type Handlers = Arc<HashMap<String, Handler>>;
 
 /// How an attempt ended, seen from the worker.
@@ -63,6 +65,7 @@ pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: Cancell
     let tracker = TaskTracker::new();
     // Cancelled when the grace period is over: running jobs are handed back.
     let hand_back = CancellationToken::new();
+    let reporter = Reporter::start(client.clone());
     let mut pullers = Vec::new();
     for (queue, concurrency) in &cfg.queues {
         let consumer = stream
@@ -88,6 +91,7 @@ pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: Cancell
             tracker: tracker.clone(),
             hand_back: hand_back.clone(),
             metrics: metrics.clone(),
+            reporter: reporter.clone(),
         };
         pullers.push(tokio::spawn(ctx.run(shutdown.clone())));
     }
@@ -116,6 +120,7 @@ struct Puller {
     tracker: TaskTracker,
     hand_back: CancellationToken,
     metrics: crate::metrics::Metrics,
+    reporter: Reporter,
 }
 
 impl Puller {
@@ -152,25 +157,38 @@ impl Puller {
                     continue;
                 }
             };
-            while let Some(msg) = batch.next().await {
-                let Ok(msg) = msg else { break };
+            // Claim what has arrived together in one call, without waiting for the rest of
+            // the pull: a lone message is claimed at once.
+            while let Some(Ok(first)) = batch.next().await {
+                let mut group = Vec::new();
                 let Some(permit) = permits.pop() else { break };
-                let job = JobRunner {
+                group.push((first, permit));
+                while let Some(permit) = permits.pop() {
+                    match batch.next().now_or_never() {
+                        Some(Some(Ok(msg))) => group.push((msg, permit)),
+                        _ => {
+                            permits.push(permit);
+                            break;
+                        }
+                    }
+                }
+                let runner = JobRunner {
                     client: self.client.clone(),
                     handlers: self.handlers.clone(),
                     cfg: self.cfg.clone(),
                     hand_back: self.hand_back.clone(),
                     metrics: self.metrics.clone(),
+                    reporter: self.reporter.clone(),
                     traceparent: String::new(),
                 };
-                self.tracker.spawn(async move {
-                    job.handle(msg).await;
-                    drop(permit);
-                });
+                self.tracker.spawn(runner.claim_group(group, self.tracker.clone()));
             }
         }
     }
 }
+
+/// A pulled message with the concurrency slot it will run in.
+type Pulled = (jetstream::Message, OwnedSemaphorePermit);
 
 struct JobRunner {
     client: Client,
@@ -178,6 +196,7 @@ struct JobRunner {
     cfg: WorkerConfig,
     hand_back: CancellationToken,
     metrics: crate::metrics::Metrics,
+    reporter: Reporter,
     /// Trace context sent with every call about this attempt: the job span's, or the one the
     /// run message carried when nothing is exported.
     traceparent: String,
@@ -209,16 +228,93 @@ fn std_duration(d: Option<&pbjson_types::Duration>) -> Option<Duration> {
 }
 
 impl JobRunner {
-    async fn handle(mut self, msg: jetstream::Message) {
-        let run = match pb::JobRun::decode(msg.payload.clone()) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, subject = %msg.subject, "undecodable run message dropped");
-                let _ = msg.ack_with(AckKind::Term).await;
+    /// Claims a group of pulled jobs in one ClaimJobs call, then runs each granted one in its
+    /// slot. Refused claims are acked and dropped; on a failed call the messages come back.
+    async fn claim_group(self, group: Vec<Pulled>, tracker: TaskTracker) {
+        let mut items = Vec::with_capacity(group.len());
+        for (msg, permit) in group {
+            match self.prepare(&msg) {
+                Some((runner, run, span)) => items.push((runner, run, span, msg, permit)),
+                None => {
+                    let _ = msg.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        let claims = items
+            .iter()
+            .map(|(runner, run, ..)| pb::ClaimJobRequest {
+                job_id: run.job_id.clone(),
+                attempt: run.attempt,
+                worker_id: self.cfg.worker_id.clone(),
+                lease_duration: Some(pb_duration(self.cfg.lease)),
+                traceparent: runner.traceparent.clone(),
+            })
+            .collect();
+        let reply = self.client.clone().claim_jobs(pb::ClaimJobsRequest { claims }).await;
+        let results = match reply {
+            Ok(r) if r.get_ref().results.len() == items.len() => r.into_inner().results,
+            Err(s) if matches!(s.code(), Code::InvalidArgument | Code::Unimplemented) => {
+                // One odd message spoils a batch (or dispatch predates ClaimJobs): claim each
+                // on its own.
+                tracing::debug!(error = %s, "batch claim refused; claiming one by one");
+                for (runner, run, span, msg, permit) in items {
+                    tracker.spawn(async move {
+                        tracing::Instrument::instrument(runner.claim_and_run(run, msg), span).await;
+                        drop(permit);
+                    });
+                }
+                return;
+            }
+            other => {
+                if let Err(s) = &other {
+                    tracing::warn!(error = %s, jobs = items.len(), "claim failed; messages will be redelivered");
+                }
+                self.metrics.errors.with_label_values(&["claim"]).inc();
+                for (.., msg, _) in items {
+                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
                 return;
             }
         };
-        // One span per attempt, child of the relay's publish span (the job's trace).
+        for ((runner, run, span, msg, permit), result) in items.into_iter().zip(results) {
+            match (result.job, result.error) {
+                (Some(job), _) => {
+                    // From here the Redis lease is the one retry clock.
+                    let _ = msg.ack().await;
+                    tracker.spawn(async move {
+                        tracing::Instrument::instrument(runner.run_claimed(job), span).await;
+                        drop(permit);
+                    });
+                }
+                (None, Some(e)) if refused(Code::from(e.code)) => {
+                    let _g = span.enter();
+                    tracing::debug!(reason = %e.message, "claim refused; message dropped");
+                    self.metrics.claims_refused.with_label_values(&[&run.queue]).inc();
+                    let _ = msg.ack().await;
+                }
+                (None, e) => {
+                    let _g = span.enter();
+                    tracing::warn!(error = ?e, "claim failed; message will be redelivered");
+                    self.metrics.errors.with_label_values(&["claim"]).inc();
+                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+        }
+    }
+
+    /// Decodes a run message and opens the attempt's span, a child of the relay's publish span
+    /// (the job's trace); `None` for an undecodable message.
+    fn prepare(&self, msg: &jetstream::Message) -> Option<(JobRunner, pb::JobRun, tracing::Span)> {
+        let run = match pb::JobRun::decode(msg.payload.clone()) {
+            Ok(r) if !r.job_id.is_empty() && r.attempt > 0 => r,
+            other => {
+                tracing::error!(error = ?other.err(), subject = %msg.subject, "undecodable run message dropped");
+                return None;
+            }
+        };
         let sent = msg
             .headers
             .as_ref()
@@ -241,16 +337,26 @@ impl JobRunner {
         if !trace_id.is_empty() {
             span.record("trace_id", trace_id.as_str());
         }
-        self.traceparent = dispatch_telemetry::traceparent(&span).unwrap_or(sent);
-        tracing::Instrument::instrument(self.claim_and_run(run, msg), span).await;
+        let runner = JobRunner {
+            client: self.client.clone(),
+            handlers: self.handlers.clone(),
+            cfg: self.cfg.clone(),
+            hand_back: self.hand_back.clone(),
+            metrics: self.metrics.clone(),
+            reporter: self.reporter.clone(),
+            traceparent: dispatch_telemetry::traceparent(&span).unwrap_or(sent),
+        };
+        Some((runner, run, span))
     }
 
+    /// Claims one job with ClaimJob, then runs it.
     async fn claim_and_run(mut self, run: pb::JobRun, msg: jetstream::Message) {
         let req = self.request(pb::ClaimJobRequest {
             job_id: run.job_id.clone(),
             attempt: run.attempt,
             worker_id: self.cfg.worker_id.clone(),
             lease_duration: Some(pb_duration(self.cfg.lease)),
+            traceparent: String::new(),
         });
         let claim = self.client.claim_job(req).await;
         let job = match claim {
@@ -262,12 +368,7 @@ impl JobRunner {
                     None => return,
                 }
             }
-            Err(s)
-                if matches!(
-                    s.code(),
-                    Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
-                ) =>
-            {
+            Err(s) if refused(s.code()) || s.code() == Code::InvalidArgument => {
                 tracing::debug!(reason = %s.message(), "claim refused; message dropped");
                 self.metrics.claims_refused.with_label_values(&[&run.queue]).inc();
                 let _ = msg.ack().await;
@@ -280,6 +381,11 @@ impl JobRunner {
                 return;
             }
         };
+        self.run_claimed(job).await;
+    }
+
+    /// Runs a claimed job and reports its outcome.
+    async fn run_claimed(mut self, job: pb::Job) {
         let labels = [job.queue.clone(), job.r#type.clone()];
         self.metrics.started.with_label_values(&labels).inc();
         let in_flight = self.metrics.in_flight.with_label_values(&[&job.queue]);
@@ -380,14 +486,10 @@ impl JobRunner {
             job_id: job.id.clone(),
             lease_id: lease_id.to_string(),
             result: Some(json::to_proto(&result)),
+            traceparent: self.traceparent.clone(),
         };
-        let client = self.client.clone();
-        let r = with_retries(|| {
-            let mut c = client.clone();
-            let req = self.request(req.clone());
-            async move { c.complete_job(req).await.map(|_| ()) }
-        })
-        .await;
+        // Shares a CompleteJobs call with whatever else finished at the same time.
+        let r = self.reporter.complete(req).await;
         if r.is_err() {
             self.metrics.errors.with_label_values(&["report"]).inc();
         }
@@ -431,17 +533,22 @@ impl JobRunner {
     }
 }
 
+/// A claim refusal that means "drop the message": the job moved on without it.
+fn refused(code: Code) -> bool {
+    matches!(code, Code::FailedPrecondition | Code::NotFound)
+}
+
 /// Retries a report while dispatch is unreachable (about 30 s in all); other errors are final.
-async fn with_retries<F, Fut>(mut f: F) -> Result<(), tonic::Status>
+pub(crate) async fn with_retries<T, F, Fut>(mut f: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     let mut delay = Duration::from_millis(50);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         match f().await {
-            Ok(()) => return Ok(()),
+            Ok(v) => return Ok(v),
             Err(s)
                 if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded)
                     && tokio::time::Instant::now() < deadline =>

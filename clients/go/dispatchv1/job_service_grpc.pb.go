@@ -20,8 +20,8 @@ type JobServiceClient interface {
 	// Creates one job. With an idempotency key seen inside its window, returns the existing
 	// job with created = false instead.
 	CreateJob(ctx context.Context, in *CreateJobRequest, opts ...grpc.CallOption) (*CreateJobResponse, error)
-	// Creates many jobs; each one is validated and created on its own (one bad job rejects the
-	// whole batch before anything is written).
+	// Creates many jobs in one atomic step: every job is validated first (one bad job rejects
+	// the whole batch before anything is written), then all are written together.
 	CreateJobs(ctx context.Context, in *CreateJobsRequest, opts ...grpc.CallOption) (*CreateJobsResponse, error)
 	// Reads one job.
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*GetJobResponse, error)
@@ -152,8 +152,8 @@ type JobServiceServer interface {
 	// Creates one job. With an idempotency key seen inside its window, returns the existing
 	// job with created = false instead.
 	CreateJob(context.Context, *CreateJobRequest) (*CreateJobResponse, error)
-	// Creates many jobs; each one is validated and created on its own (one bad job rejects the
-	// whole batch before anything is written).
+	// Creates many jobs in one atomic step: every job is validated first (one bad job rejects
+	// the whole batch before anything is written), then all are written together.
 	CreateJobs(context.Context, *CreateJobsRequest) (*CreateJobsResponse, error)
 	// Reads one job.
 	GetJob(context.Context, *GetJobRequest) (*GetJobResponse, error)

@@ -21,12 +21,20 @@ type WorkerServiceClient interface {
 	// FAILED_PRECONDITION when the job is not QUEUED on that attempt (cancelled, stale
 	// message, already claimed): the worker acks the message and drops it.
 	ClaimJob(ctx context.Context, in *ClaimJobRequest, opts ...grpc.CallOption) (*ClaimJobResponse, error)
+	// Claims many jobs in one call: the batch form of ClaimJob, for a worker that pulled several
+	// run messages at once. Each claim is granted or refused on its own, exactly as ClaimJob
+	// would have done it; results come back in request order.
+	ClaimJobs(ctx context.Context, in *ClaimJobsRequest, opts ...grpc.CallOption) (*ClaimJobsResponse, error)
 	// Extends the lease and records progress. Answers whether cancellation was requested.
 	// FAILED_PRECONDITION when the lease is no longer held: the worker stops the job.
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	// Records success. Repeating the same report is idempotent; a stale lease gets
 	// FAILED_PRECONDITION and changes nothing.
 	CompleteJob(ctx context.Context, in *CompleteJobRequest, opts ...grpc.CallOption) (*CompleteJobResponse, error)
+	// Records many successes in one call: the batch form of CompleteJob. Each report is recorded
+	// or refused on its own (a stale lease changes nothing, a repeat is a no-op); results come
+	// back in request order.
+	CompleteJobs(ctx context.Context, in *CompleteJobsRequest, opts ...grpc.CallOption) (*CompleteJobsResponse, error)
 	// Records a failed attempt: retried after backoff while attempts are left and the error is
 	// retryable, else FAILED. On a job with cancel_requested, ends it CANCELLED. Repeating the
 	// same report is idempotent; a stale lease gets FAILED_PRECONDITION and changes nothing.
@@ -44,6 +52,15 @@ func NewWorkerServiceClient(cc grpc.ClientConnInterface) WorkerServiceClient {
 func (c *workerServiceClient) ClaimJob(ctx context.Context, in *ClaimJobRequest, opts ...grpc.CallOption) (*ClaimJobResponse, error) {
 	out := new(ClaimJobResponse)
 	err := c.cc.Invoke(ctx, "/dispatch.v1.WorkerService/ClaimJob", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *workerServiceClient) ClaimJobs(ctx context.Context, in *ClaimJobsRequest, opts ...grpc.CallOption) (*ClaimJobsResponse, error) {
+	out := new(ClaimJobsResponse)
+	err := c.cc.Invoke(ctx, "/dispatch.v1.WorkerService/ClaimJobs", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -68,6 +85,15 @@ func (c *workerServiceClient) CompleteJob(ctx context.Context, in *CompleteJobRe
 	return out, nil
 }
 
+func (c *workerServiceClient) CompleteJobs(ctx context.Context, in *CompleteJobsRequest, opts ...grpc.CallOption) (*CompleteJobsResponse, error) {
+	out := new(CompleteJobsResponse)
+	err := c.cc.Invoke(ctx, "/dispatch.v1.WorkerService/CompleteJobs", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *workerServiceClient) FailJob(ctx context.Context, in *FailJobRequest, opts ...grpc.CallOption) (*FailJobResponse, error) {
 	out := new(FailJobResponse)
 	err := c.cc.Invoke(ctx, "/dispatch.v1.WorkerService/FailJob", in, out, opts...)
@@ -85,12 +111,20 @@ type WorkerServiceServer interface {
 	// FAILED_PRECONDITION when the job is not QUEUED on that attempt (cancelled, stale
 	// message, already claimed): the worker acks the message and drops it.
 	ClaimJob(context.Context, *ClaimJobRequest) (*ClaimJobResponse, error)
+	// Claims many jobs in one call: the batch form of ClaimJob, for a worker that pulled several
+	// run messages at once. Each claim is granted or refused on its own, exactly as ClaimJob
+	// would have done it; results come back in request order.
+	ClaimJobs(context.Context, *ClaimJobsRequest) (*ClaimJobsResponse, error)
 	// Extends the lease and records progress. Answers whether cancellation was requested.
 	// FAILED_PRECONDITION when the lease is no longer held: the worker stops the job.
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	// Records success. Repeating the same report is idempotent; a stale lease gets
 	// FAILED_PRECONDITION and changes nothing.
 	CompleteJob(context.Context, *CompleteJobRequest) (*CompleteJobResponse, error)
+	// Records many successes in one call: the batch form of CompleteJob. Each report is recorded
+	// or refused on its own (a stale lease changes nothing, a repeat is a no-op); results come
+	// back in request order.
+	CompleteJobs(context.Context, *CompleteJobsRequest) (*CompleteJobsResponse, error)
 	// Records a failed attempt: retried after backoff while attempts are left and the error is
 	// retryable, else FAILED. On a job with cancel_requested, ends it CANCELLED. Repeating the
 	// same report is idempotent; a stale lease gets FAILED_PRECONDITION and changes nothing.
@@ -105,11 +139,17 @@ type UnimplementedWorkerServiceServer struct {
 func (UnimplementedWorkerServiceServer) ClaimJob(context.Context, *ClaimJobRequest) (*ClaimJobResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ClaimJob not implemented")
 }
+func (UnimplementedWorkerServiceServer) ClaimJobs(context.Context, *ClaimJobsRequest) (*ClaimJobsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ClaimJobs not implemented")
+}
 func (UnimplementedWorkerServiceServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Heartbeat not implemented")
 }
 func (UnimplementedWorkerServiceServer) CompleteJob(context.Context, *CompleteJobRequest) (*CompleteJobResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CompleteJob not implemented")
+}
+func (UnimplementedWorkerServiceServer) CompleteJobs(context.Context, *CompleteJobsRequest) (*CompleteJobsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CompleteJobs not implemented")
 }
 func (UnimplementedWorkerServiceServer) FailJob(context.Context, *FailJobRequest) (*FailJobResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method FailJob not implemented")
@@ -141,6 +181,24 @@ func _WorkerService_ClaimJob_Handler(srv interface{}, ctx context.Context, dec f
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(WorkerServiceServer).ClaimJob(ctx, req.(*ClaimJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _WorkerService_ClaimJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClaimJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkerServiceServer).ClaimJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dispatch.v1.WorkerService/ClaimJobs",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkerServiceServer).ClaimJobs(ctx, req.(*ClaimJobsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -181,6 +239,24 @@ func _WorkerService_CompleteJob_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _WorkerService_CompleteJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompleteJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkerServiceServer).CompleteJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dispatch.v1.WorkerService/CompleteJobs",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkerServiceServer).CompleteJobs(ctx, req.(*CompleteJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _WorkerService_FailJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(FailJobRequest)
 	if err := dec(in); err != nil {
@@ -208,12 +284,20 @@ var _WorkerService_serviceDesc = grpc.ServiceDesc{
 			Handler:    _WorkerService_ClaimJob_Handler,
 		},
 		{
+			MethodName: "ClaimJobs",
+			Handler:    _WorkerService_ClaimJobs_Handler,
+		},
+		{
 			MethodName: "Heartbeat",
 			Handler:    _WorkerService_Heartbeat_Handler,
 		},
 		{
 			MethodName: "CompleteJob",
 			Handler:    _WorkerService_CompleteJob_Handler,
+		},
+		{
+			MethodName: "CompleteJobs",
+			Handler:    _WorkerService_CompleteJobs_Handler,
 		},
 		{
 			MethodName: "FailJob",

@@ -94,6 +94,13 @@ pub fn worker_id(errs: &mut FieldErrors, field: &str, v: &str) {
     check_name(errs, field, v, ".:");
 }
 
+/// An optional W3C trace context: empty, or at most 128 visible ASCII characters.
+pub fn traceparent(errs: &mut FieldErrors, field: &str, v: &str) {
+    if v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        errs.add(field, "must be a W3C traceparent of at most 128 characters");
+    }
+}
+
 /// Checks a lease id (as handed out by ClaimJob).
 pub fn lease_id(errs: &mut FieldErrors, field: &str, v: &str) {
     job_id(errs, field, v);

@@ -83,6 +83,10 @@ pub fn metrics_router(metrics: crate::metrics::Metrics, store: crate::store::Sto
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router, shutdown: CancellationToken) {
+    // TCP_NODELAY, so a response is never held back waiting on the caller's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -29,6 +29,11 @@ impl JobApi {
             .create(&id, job, self.0.config.jobs.idempotency_window_ms)
             .await
             .map_err(|e| self.0.store_err(e))?;
+        Ok(self.created(created))
+    }
+
+    /// Counts and logs a created job; its response.
+    fn created(&self, created: store::Created) -> pb::CreateJobResponse {
         if created.created {
             self.0
                 .metrics
@@ -37,10 +42,10 @@ impl JobApi {
                 .inc();
             tracing::info!(job_id = %created.job.id, queue = %created.job.queue, job_type = %created.job.job_type, attempt = created.job.attempt, "job created");
         }
-        Ok(pb::CreateJobResponse {
+        pb::CreateJobResponse {
             job: Some(api::job_to_pb(&created.job)),
             created: created.created,
-        })
+        }
     }
 }
 
@@ -93,11 +98,17 @@ impl JobService for JobApi {
                 .collect();
             errs.into_result(())?;
             let _permit = self.0.admit(jobs.len())?;
-            let results = futures::future::try_join_all(
-                jobs.iter()
-                    .map(|job| self.create_one(uuid::Uuid::now_v7().to_string(), job)),
-            )
-            .await?;
+            // One atomic step for the whole batch.
+            let ids: Vec<String> = jobs.iter().map(|_| uuid::Uuid::now_v7().to_string()).collect();
+            let results = self
+                .0
+                .store
+                .create_many(&ids, &jobs, self.0.config.jobs.idempotency_window_ms)
+                .await
+                .map_err(|e| self.0.store_err(e))?
+                .into_iter()
+                .map(|c| self.created(c))
+                .collect();
             self.0.relay_wake.notify_one();
             Ok(Response::new(pb::CreateJobsResponse { results }))
         }
@@ -191,14 +202,14 @@ impl JobService for JobApi {
             validate::job_id(&mut errs, "id", &id);
             errs.into_result(())?;
             // Subscribe before the first read so no wake-up falls between the two.
-            let mut wakes = self.0.hub.subscribe();
+            let mut wakes = self.0.hub.watch(&id).await.map_err(|e| self.0.store_err(e.into()))?;
             let job = self.0.store.get(&id).await.map_err(|e| self.0.store_err(e))?;
             let store = self.0.store.clone();
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(async move {
-                let mut cursor = "-".to_string();
+                let mut cursor = 0;
                 loop {
-                    let events = match store.history(&id, &cursor, 256).await {
+                    let events = match store.history(&id, cursor, 256).await {
                         Ok(e) => e,
                         Err(e) => {
                             let _ = tx.send(Err(Status::from(e))).await;
@@ -208,7 +219,7 @@ impl JobService for JobApi {
                     let full = events.len() == 256;
                     let mut last_terminal = false;
                     for e in &events {
-                        cursor = e.stream_id.clone();
+                        cursor = e.sequence;
                         last_terminal = e.state.is_terminal();
                         let msg = pb::WatchJobResponse {
                             event: Some(api::event_to_pb(&job, e)),
@@ -224,18 +235,10 @@ impl JobService for JobApi {
                         return;
                     }
                     // Wait for a change to this job, a periodic re-read, or the caller leaving.
-                    let deadline = tokio::time::sleep(Duration::from_secs(1));
-                    tokio::pin!(deadline);
-                    loop {
-                        tokio::select! {
-                            r = wakes.recv() => match r {
-                                Ok(changed) if *changed == *id => break,
-                                Ok(_) => continue,
-                                Err(_) => break, // lagged or closed: re-read
-                            },
-                            _ = &mut deadline => break,
-                            _ = tx.closed() => return,
-                        }
+                    tokio::select! {
+                        _ = wakes.rx.recv() => {} // a change, or lagged/closed: re-read
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tx.closed() => return,
                     }
                 }
             });

@@ -78,6 +78,38 @@ fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
     span
 }
 
+/// One server span per item of a batch call, each a child of its item's trace context (the
+/// item's `traceparent`, else the call's), so every job keeps one trace. Empty when traces are
+/// not exported: then a batch costs one span, not one per job.
+fn item_spans<'a>(
+    method: &'static str,
+    metadata: &tonic::metadata::MetadataMap,
+    traceparents: impl Iterator<Item = &'a str>,
+) -> Vec<tracing::Span> {
+    if !dispatch_telemetry::exporting() {
+        return Vec::new();
+    }
+    let call = metadata.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
+    traceparents
+        .map(|tp| {
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = method,
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.method = method,
+                job_id = tracing::field::Empty,
+                queue = tracing::field::Empty,
+                job_type = tracing::field::Empty,
+                attempt = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+            );
+            dispatch_telemetry::set_parent(&span, if tp.is_empty() { call } else { tp });
+            span
+        })
+        .collect()
+}
+
 /// Records the job's id, queue, type and attempt on the current RPC span.
 fn note_job(job: &JobRecord) {
     let span = tracing::Span::current();

@@ -6,6 +6,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use crate::api::{self, FieldErrors, validate};
+use crate::store::Claim;
 
 /// Longest lease a worker may ask for.
 const MAX_LEASE_MS: u64 = 10 * 60 * 1000;
@@ -14,16 +15,74 @@ const MAX_LEASE_MS: u64 = 10 * 60 * 1000;
 #[derive(Clone)]
 pub struct WorkerApi(pub Shared);
 
+/// Most items in one ClaimJobs or CompleteJobs call.
+const MAX_BATCH: usize = 1000;
+
 impl WorkerApi {
     fn lease_ms(&self, errs: &mut FieldErrors, d: Option<&pbjson_types::Duration>) -> u64 {
-        match d.map(|d| validate::duration_ms(errs, "lease_duration", d, MAX_LEASE_MS)) {
+        self.lease_ms_of(errs, "lease_duration", d)
+    }
+
+    fn lease_ms_of(&self, errs: &mut FieldErrors, field: &str, d: Option<&pbjson_types::Duration>) -> u64 {
+        match d.map(|d| validate::duration_ms(errs, field, d, MAX_LEASE_MS)) {
             None | Some(0) => self.0.config.jobs.lease_ms,
             Some(ms) if ms < 1000 => {
-                errs.add("lease_duration", "must be at least 1s");
+                errs.add(field, "must be at least 1s");
                 ms
             }
             Some(ms) => ms,
         }
+    }
+
+    /// Checks a claim (`prefix` names it in field violations); its lease length.
+    fn check_claim(&self, errs: &mut FieldErrors, prefix: &str, r: &pb::ClaimJobRequest) -> u64 {
+        validate::job_id(errs, &format!("{prefix}job_id"), &r.job_id);
+        validate::worker_id(errs, &format!("{prefix}worker_id"), &r.worker_id);
+        if r.attempt == 0 {
+            errs.add(format!("{prefix}attempt"), "must be at least 1");
+        }
+        validate::traceparent(errs, &format!("{prefix}traceparent"), &r.traceparent);
+        self.lease_ms_of(errs, &format!("{prefix}lease_duration"), r.lease_duration.as_ref())
+    }
+
+    /// Checks a success report; its result as JSON text.
+    fn check_complete(&self, errs: &mut FieldErrors, prefix: &str, r: &pb::CompleteJobRequest) -> String {
+        validate::job_id(errs, &format!("{prefix}job_id"), &r.job_id);
+        validate::lease_id(errs, &format!("{prefix}lease_id"), &r.lease_id);
+        validate::traceparent(errs, &format!("{prefix}traceparent"), &r.traceparent);
+        validate::json_value(
+            errs,
+            &format!("{prefix}result"),
+            r.result.as_ref(),
+            self.0.config.jobs.max_payload_bytes,
+        )
+    }
+}
+
+/// Checks the size of a batch call.
+fn check_batch(errs: &mut FieldErrors, field: &str, n: usize) {
+    if n == 0 || n > MAX_BATCH {
+        errs.add(field, format!("must hold 1 to {MAX_BATCH} items"));
+    }
+}
+
+/// The trace id for a batch item's log lines: its span's, else its own traceparent's, else
+/// the job's.
+fn item_trace_id(span: Option<&tracing::Span>, item_tp: &str, job_tp: &str) -> String {
+    let id = dispatch_telemetry::trace_id(span.unwrap_or(&tracing::Span::none()), item_tp);
+    if id.is_empty() {
+        dispatch_telemetry::trace_id(&tracing::Span::none(), job_tp)
+    } else {
+        id
+    }
+}
+
+/// A batch item's refusal as it travels in the response.
+fn item_error(e: crate::store::Error) -> pb::ItemError {
+    let s = Status::from(e);
+    pb::ItemError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
     }
 }
 
@@ -34,12 +93,7 @@ impl WorkerService for WorkerApi {
         async move {
             let r = req.get_ref();
             let mut errs = FieldErrors::default();
-            validate::job_id(&mut errs, "job_id", &r.job_id);
-            validate::worker_id(&mut errs, "worker_id", &r.worker_id);
-            if r.attempt == 0 {
-                errs.add("attempt", "must be at least 1");
-            }
-            let lease_ms = self.lease_ms(&mut errs, r.lease_duration.as_ref());
+            let lease_ms = self.check_claim(&mut errs, "", r);
             errs.into_result(())?;
             let lease_id = uuid::Uuid::new_v4().to_string();
             let job = self
@@ -55,6 +109,129 @@ impl WorkerService for WorkerApi {
             Ok(Response::new(pb::ClaimJobResponse {
                 job: Some(api::job_to_pb(&job)),
             }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn claim_jobs(&self, req: Request<pb::ClaimJobsRequest>) -> Result<Response<pb::ClaimJobsResponse>, Status> {
+        let span = super::rpc_span("dispatch.v1.WorkerService/ClaimJobs", req.metadata());
+        async move {
+            let reqs = &req.get_ref().claims;
+            let mut errs = FieldErrors::default();
+            check_batch(&mut errs, "claims", reqs.len());
+            let claims: Vec<Claim> = reqs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Claim {
+                    lease_ms: self.check_claim(&mut errs, &format!("claims[{i}]."), r),
+                    id: r.job_id.clone(),
+                    attempt: r.attempt,
+                    worker_id: r.worker_id.clone(),
+                    lease_id: uuid::Uuid::new_v4().to_string(),
+                })
+                .collect();
+            errs.into_result(())?;
+            // One span per claim in the job's own trace, when traces are exported.
+            let spans = super::item_spans(
+                "dispatch.v1.WorkerService/ClaimJobs",
+                req.metadata(),
+                reqs.iter().map(|r| r.traceparent.as_str()),
+            );
+            let outcomes = self.0.store.claim_many(&claims).await.map_err(|e| self.0.store_err(e))?;
+            let results = outcomes
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| match o {
+                    Ok(job) => {
+                        if let Some(s) = spans.get(i) {
+                            s.in_scope(|| super::note_job(&job));
+                        }
+                        self.0.metrics.on_claim(&job);
+                        // The line carries the job's own trace id, not the batch call's.
+                        let trace_id = item_trace_id(spans.get(i), &reqs[i].traceparent, &job.traceparent);
+                        let _in = spans.get(i).map(|s| s.enter());
+                        tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, worker_id = %job.worker_id, trace_id, "job claimed");
+                        pb::ClaimJobResult {
+                            job: Some(api::job_to_pb(&job)),
+                            error: None,
+                        }
+                    }
+                    Err(e) => pb::ClaimJobResult {
+                        job: None,
+                        error: Some(item_error(e)),
+                    },
+                })
+                .collect();
+            self.0.relay_wake.notify_one();
+            Ok(Response::new(pb::ClaimJobsResponse { results }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn complete_jobs(
+        &self,
+        req: Request<pb::CompleteJobsRequest>,
+    ) -> Result<Response<pb::CompleteJobsResponse>, Status> {
+        let span = super::rpc_span("dispatch.v1.WorkerService/CompleteJobs", req.metadata());
+        async move {
+            let reqs = &req.get_ref().completions;
+            let mut errs = FieldErrors::default();
+            check_batch(&mut errs, "completions", reqs.len());
+            let reports: Vec<(String, String, String)> = reqs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let result = self.check_complete(&mut errs, &format!("completions[{i}]."), r);
+                    (r.job_id.clone(), r.lease_id.clone(), result)
+                })
+                .collect();
+            errs.into_result(())?;
+            let spans = super::item_spans(
+                "dispatch.v1.WorkerService/CompleteJobs",
+                req.metadata(),
+                reqs.iter().map(|r| r.traceparent.as_str()),
+            );
+            let outcomes = self
+                .0
+                .store
+                .complete_many(&reports)
+                .await
+                .map_err(|e| self.0.store_err(e))?;
+            let results = outcomes
+                .into_iter()
+                .zip(&reports)
+                .enumerate()
+                .map(|(i, (o, (id, _, _)))| match o {
+                    Ok(done) => {
+                        if let Some(s) = spans.get(i) {
+                            s.record("job_id", id.as_str());
+                            s.record("queue", done.queue.as_str());
+                            s.record("job_type", done.job_type.as_str());
+                            s.record("attempt", done.attempt);
+                        }
+                        self.0.metrics.on_complete(&done);
+                        if done.fresh {
+                            let trace_id = item_trace_id(spans.get(i), &reqs[i].traceparent, "");
+                            let _in = spans.get(i).map(|s| s.enter());
+                            tracing::info!(job_id = %id, queue = %done.queue, attempt = done.attempt, trace_id, "job succeeded");
+                        }
+                        pb::CompleteJobResult {
+                            job_id: id.clone(),
+                            state: pb::JobState::Succeeded as i32,
+                            error: None,
+                        }
+                    }
+                    Err(e) => pb::CompleteJobResult {
+                        job_id: id.clone(),
+                        state: pb::JobState::Unspecified as i32,
+                        error: Some(item_error(e)),
+                    },
+                })
+                .collect();
+            self.0.relay_wake.notify_one();
+            Ok(Response::new(pb::CompleteJobsResponse { results }))
         }
         .instrument(span)
         .await
@@ -97,14 +274,7 @@ impl WorkerService for WorkerApi {
         async move {
             let r = req.get_ref();
             let mut errs = FieldErrors::default();
-            validate::job_id(&mut errs, "job_id", &r.job_id);
-            validate::lease_id(&mut errs, "lease_id", &r.lease_id);
-            let result = validate::json_value(
-                &mut errs,
-                "result",
-                r.result.as_ref(),
-                self.0.config.jobs.max_payload_bytes,
-            );
+            let result = self.check_complete(&mut errs, "", r);
             errs.into_result(())?;
             let job = self
                 .0

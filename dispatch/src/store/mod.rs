@@ -19,8 +19,6 @@ pub const PREFIX: &str = "dispatch:";
 pub const OUTBOX: &str = "dispatch:outbox";
 /// Consumer group of the outbox relays.
 pub const OUTBOX_GROUP: &str = "relay";
-/// Pub/sub channel carrying the id of every job that changed.
-pub const WATCH_CHANNEL: &str = "dispatch:watch";
 
 /// Errors of store operations.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +47,29 @@ pub struct Created {
     pub created: bool,
 }
 
+/// One claim of [`Store::claim_many`].
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub id: String,
+    /// The attempt named in the run message.
+    pub attempt: u32,
+    pub worker_id: String,
+    /// The lease granted when the claim succeeds.
+    pub lease_id: String,
+    pub lease_ms: u64,
+}
+
+/// One recorded success of [`Store::complete_many`].
+#[derive(Debug, Clone)]
+pub struct Completed {
+    /// False when an earlier identical report had recorded it already.
+    pub fresh: bool,
+    pub queue: String,
+    pub job_type: String,
+    pub started_at_ms: Option<u64>,
+    pub attempt: u32,
+}
+
 /// Result of [`Store::heartbeat`].
 #[derive(Debug, Clone, Copy)]
 pub struct Beat {
@@ -65,7 +86,10 @@ pub struct OutboxEntry {
 
 struct Scripts {
     create: Script,
+    create_many: Script,
     claim: Script,
+    claim_many: Script,
+    complete_many: Script,
     heartbeat: Script,
     complete: Script,
     fail: Script,
@@ -82,7 +106,10 @@ impl Scripts {
         let s = |body: &str| Script::from_lua(format!("{lib}\n{body}"));
         Scripts {
             create: s(include_str!("lua/create.lua")),
+            create_many: s(include_str!("lua/create_many.lua")),
             claim: s(include_str!("lua/claim.lua")),
+            claim_many: s(include_str!("lua/claim_many.lua")),
+            complete_many: s(include_str!("lua/complete_many.lua")),
             heartbeat: s(include_str!("lua/heartbeat.lua")),
             complete: s(include_str!("lua/complete.lua")),
             fail: s(include_str!("lua/fail.lua")),
@@ -124,6 +151,7 @@ pub fn redis_client(url: &str) -> Result<Client, fred::error::Error> {
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
             c.max_command_attempts = 2;
+            c.tcp.nodelay = Some(true);
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
         .build()
@@ -137,7 +165,10 @@ impl Store {
         let scripts = Scripts::new();
         for s in [
             &scripts.create,
+            &scripts.create_many,
             &scripts.claim,
+            &scripts.claim_many,
+            &scripts.complete_many,
             &scripts.heartbeat,
             &scripts.complete,
             &scripts.fail,
@@ -196,39 +227,146 @@ impl Store {
     /// Creates a job (or returns the existing one for an open idempotency key).
     pub async fn create(&self, id: &str, job: &NewJob, idempotency_window_ms: u64) -> Result<Created, Error> {
         let now = now_ms();
-        let run_at = job.run_at_ms.unwrap_or(now + job.delay_ms);
-        let args = vec![
-            id.to_string(),
-            job.queue.clone(),
-            job.job_type.clone(),
-            job.payload.clone(),
-            job.max_attempts.to_string(),
-            job.backoff.initial_ms.to_string(),
-            job.backoff.max_ms.to_string(),
-            job.backoff.multiplier.to_string(),
-            job.backoff.jitter.to_string(),
-            job.timeout_ms.to_string(),
-            run_at.to_string(),
-            job.idempotency_key.clone(),
-            idempotency_window_ms.to_string(),
-            serde_json::to_string(&job.labels).unwrap_or_else(|_| "{}".into()),
-            job.traceparent.clone(),
-            now.to_string(),
-        ];
-        let (status, job) = Self::record(id, self.run(&self.scripts.create, args).await?)?;
+        let mut args = create_args(id, job, idempotency_window_ms, now);
+        args.push(now.to_string());
+        let reply = self.run(&self.scripts.create, args).await?;
+        Self::created(id, job, now, reply)
+    }
+
+    /// A create script's reply: `OK` (the record is the one written, built here) or `EXISTS`
+    /// and the existing job's record.
+    fn created(id: &str, job: &NewJob, now: u64, reply: Vec<String>) -> Result<Created, Error> {
+        if reply.len() == 1 && reply[0] == "OK" {
+            return Ok(Created {
+                job: job.record(id, now),
+                created: true,
+            });
+        }
+        let (status, job) = Self::record(id, reply)?;
         Ok(Created {
             job,
             created: status == "OK",
         })
     }
 
+    /// Creates many jobs in one atomic step (`ids[i]` for `jobs[i]`), in order.
+    pub async fn create_many(
+        &self,
+        ids: &[String],
+        jobs: &[NewJob],
+        idempotency_window_ms: u64,
+    ) -> Result<Vec<Created>, Error> {
+        let now = now_ms();
+        let mut args = Vec::with_capacity(1 + jobs.len() * 15);
+        args.push(now.to_string());
+        for (id, job) in ids.iter().zip(jobs) {
+            args.extend(create_args(id, job, idempotency_window_ms, now));
+        }
+        let items = self.run_many(&self.scripts.create_many, args, jobs.len()).await?;
+        items
+            .into_iter()
+            .zip(ids.iter().zip(jobs))
+            .map(|(item, (id, job))| Self::created(id, job, now, item))
+            .collect()
+    }
+
+    /// Runs a batch script whose reply is one array of strings per item.
+    async fn run_many(&self, script: &Script, args: Vec<String>, n: usize) -> Result<Vec<Vec<String>>, Error> {
+        let reply: Value = script
+            .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
+            .await?;
+        let items: Vec<Vec<String>> = reply
+            .into_array()
+            .into_iter()
+            .map(|item| item.into_array().into_iter().filter_map(|v| v.into_string()).collect())
+            .collect();
+        if items.len() != n {
+            return Err(Error::Corrupt(format!("batch reply of {} items for {n}", items.len())));
+        }
+        Ok(items)
+    }
+
+    /// QUEUED → RUNNING for many jobs in one atomic step; each claim is granted or refused on
+    /// its own.
+    pub async fn claim_many(&self, claims: &[Claim]) -> Result<Vec<Result<JobRecord, Error>>, Error> {
+        let mut args = Vec::with_capacity(1 + claims.len() * 5);
+        args.push(now_ms().to_string());
+        for c in claims {
+            args.extend([
+                c.id.clone(),
+                c.attempt.to_string(),
+                c.worker_id.clone(),
+                c.lease_id.clone(),
+                c.lease_ms.to_string(),
+            ]);
+        }
+        let items = self.run_many(&self.scripts.claim_many, args, claims.len()).await?;
+        Ok(items
+            .into_iter()
+            .zip(claims)
+            .map(|(item, c)| Self::record(&c.id, item).map(|(_, job)| job))
+            .collect())
+    }
+
+    /// RUNNING → SUCCEEDED for many jobs in one atomic step: (id, lease id, result JSON).
+    /// Each report is recorded or refused on its own.
+    pub async fn complete_many(
+        &self,
+        reports: &[(String, String, String)],
+    ) -> Result<Vec<Result<Completed, Error>>, Error> {
+        let mut args = Vec::with_capacity(1 + reports.len() * 3);
+        args.push(now_ms().to_string());
+        for (id, lease_id, result) in reports {
+            args.extend([id.clone(), lease_id.clone(), result.clone()]);
+        }
+        let items = self.run_many(&self.scripts.complete_many, args, reports.len()).await?;
+        Ok(items
+            .into_iter()
+            .zip(reports)
+            .map(|(item, (id, _, _))| match item.first().map(String::as_str) {
+                Some("OK") if item.len() == 6 => Ok(Completed {
+                    fresh: item[1] == "1",
+                    queue: item[2].clone(),
+                    job_type: item[3].clone(),
+                    started_at_ms: item[4].parse().ok(),
+                    attempt: item[5].parse().unwrap_or(0),
+                }),
+                Some(status @ ("NOT_FOUND" | "FAILED_PRECONDITION")) => Err(refusal(id, status, &item[1..])),
+                _ => Err(Error::Corrupt(format!("complete reply {item:?}"))),
+            })
+            .collect())
+    }
+}
+
+/// The create script's 15 arguments for one job (without `now`).
+fn create_args(id: &str, job: &NewJob, idempotency_window_ms: u64, now: u64) -> Vec<String> {
+    let run_at = job.run_at_ms.unwrap_or(now + job.delay_ms);
+    vec![
+        id.to_string(),
+        job.queue.clone(),
+        job.job_type.clone(),
+        job.payload.clone(),
+        job.max_attempts.to_string(),
+        job.backoff.initial_ms.to_string(),
+        job.backoff.max_ms.to_string(),
+        job.backoff.multiplier.to_string(),
+        job.backoff.jitter.to_string(),
+        job.timeout_ms.to_string(),
+        run_at.to_string(),
+        job.idempotency_key.clone(),
+        idempotency_window_ms.to_string(),
+        serde_json::to_string(&job.labels).unwrap_or_else(|_| "{}".into()),
+        job.traceparent.clone(),
+    ]
+}
+
+impl Store {
     /// Reads one job.
     pub async fn get(&self, id: &str) -> Result<JobRecord, Error> {
-        let fields: HashMap<String, String> = self.client.hgetall(format!("{PREFIX}job:{id}")).await?;
-        if fields.is_empty() {
-            return Err(Error::NotFound(id.to_string()));
-        }
-        JobRecord::from_fields(&fields).map_err(Error::Corrupt)
+        self.get_many(&[id.to_string()])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
     /// QUEUED → RUNNING for `attempt`, with a lease.
@@ -346,43 +484,22 @@ impl Store {
         self.count(&self.scripts.sweep, args).await
     }
 
-    /// The job's history after stream id `after` ("-" for the start), at most `count` events.
-    pub async fn history(&self, id: &str, after: &str, count: usize) -> Result<Vec<HistoryEvent>, Error> {
-        let start = if after == "-" {
-            "-".to_string()
-        } else {
-            format!("({after}")
-        };
-        let v: Value = self
-            .client
-            .custom(
-                cmd("XRANGE"),
-                vec![
-                    format!("{PREFIX}job:{id}:events"),
-                    start,
-                    "+".into(),
-                    "COUNT".into(),
-                    count.to_string(),
-                ],
-            )
-            .await?;
-        parse_entries(v)?
-            .into_iter()
-            .map(|e| {
-                let f = &e.fields;
-                let g = |k: &str| f.get(k).cloned().unwrap_or_default();
-                Ok(HistoryEvent {
-                    sequence: g("seq").parse().unwrap_or(0),
-                    state: State::parse(&g("state"))
-                        .ok_or_else(|| Error::Corrupt(format!("history state {:?}", g("state"))))?,
-                    attempt: g("attempt").parse().unwrap_or(0),
-                    worker_id: g("worker_id"),
-                    at_ms: g("ts").parse().unwrap_or(0),
-                    error: g("error"),
-                    stream_id: e.stream_id,
-                })
-            })
-            .collect()
+    /// The job's history after sequence number `after` (0 for the start), at most `count`
+    /// events, oldest first. NOT_FOUND when the job does not exist.
+    pub async fn history(&self, id: &str, after: u64, count: usize) -> Result<Vec<HistoryEvent>, Error> {
+        let fields: HashMap<String, String> = self.client.hgetall(format!("{PREFIX}job:{id}")).await?;
+        if fields.is_empty() {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        let mut events = fields
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix('h')?.parse::<u64>().ok()?, v)))
+            .filter(|(seq, _)| *seq > after)
+            .map(|(seq, v)| HistoryEvent::parse(seq, v).map_err(Error::Corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|e| e.sequence);
+        events.truncate(count);
+        Ok(events)
     }
 
     /// Lists job ids of `queues` × `states` after `cursor` (exclusive), oldest first.
@@ -442,12 +559,22 @@ impl Store {
         let pipeline = self.client.pipeline();
         for id in ids {
             let _: () = pipeline.hgetall(format!("{PREFIX}job:{id}")).await?;
+            let _: () = pipeline.get(format!("{PREFIX}job:{id}:p")).await?;
         }
-        let maps: Vec<HashMap<String, String>> = pipeline.all().await?;
-        maps.into_iter()
-            .filter(|m| !m.is_empty())
-            .map(|m| JobRecord::from_fields(&m).map_err(Error::Corrupt))
-            .collect()
+        let replies: Vec<Value> = pipeline.all().await?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut it = replies.into_iter();
+        while let (Some(fields), Some(payload)) = (it.next(), it.next()) {
+            let mut map: HashMap<String, String> = fields.convert()?;
+            if map.is_empty() {
+                continue;
+            }
+            if let Some(p) = payload.into_string() {
+                map.insert("payload".into(), p);
+            }
+            out.push(JobRecord::from_fields(&map).map_err(Error::Corrupt)?);
+        }
+        Ok(out)
     }
 
     /// Every queue name seen, sorted.
@@ -631,7 +758,68 @@ fn parse_entries(v: Value) -> Result<Vec<OutboxEntry>, Error> {
                     fields.insert(k, v);
                 }
             }
+            if let Some(packed) = fields.remove("m") {
+                // An undecodable entry gets an unknown kind: the relay logs and drops it rather
+                // than stall on it.
+                fields = unpack_outbox(&packed).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "undecodable outbox entry");
+                    HashMap::from([("kind".to_string(), "undecodable".to_string())])
+                });
+            }
             Ok(OutboxEntry { stream_id, fields })
         })
         .collect()
+}
+
+/// Names of the values of a packed outbox entry (field `m`, a JSON array; see `outbox` in
+/// lib.lua), in order.
+const OUTBOX_FIELDS: [&str; 12] = [
+    "kind",
+    "id",
+    "queue",
+    "type",
+    "attempt",
+    "state",
+    "worker_id",
+    "ts",
+    "error",
+    "seq",
+    "tp",
+    "sfx",
+];
+
+/// Decodes a packed outbox entry into its named fields.
+fn unpack_outbox(packed: &str) -> Result<HashMap<String, String>, Error> {
+    let values: Vec<String> =
+        serde_json::from_str(packed).map_err(|e| Error::Corrupt(format!("outbox entry {packed:?}: {e}")))?;
+    if values.len() != OUTBOX_FIELDS.len() {
+        return Err(Error::Corrupt(format!("outbox entry of {} values", values.len())));
+    }
+    Ok(OUTBOX_FIELDS.iter().map(|k| k.to_string()).zip(values).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_outbox_entries_unpack_to_named_fields() {
+        let m = r#"["failed","j1","q","noop","2","SCHEDULED","w-1","1700","bad \"x\" | y","4","00-ab-cd-01",""]"#;
+        let f = unpack_outbox(m).unwrap();
+        assert_eq!(f["kind"], "failed");
+        assert_eq!(f["error"], "bad \"x\" | y");
+        assert_eq!(f["seq"], "4");
+        assert_eq!(f["tp"], "00-ab-cd-01");
+        assert_eq!(f["sfx"], "");
+        assert!(unpack_outbox(r#"["run","j1"]"#).is_err());
+        assert!(unpack_outbox("not json").is_err());
+        // An undecodable entry in a stream reply is dropped by the relay, not fatal to the batch.
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::from("1-0"),
+            Value::Array(vec![Value::from("m"), Value::from("{")]),
+        ])]);
+        let entries = parse_entries(reply).unwrap();
+        assert_eq!(entries[0].fields["kind"], "undecodable");
+        assert!(crate::bus::outgoing(&entries[0].fields).is_none());
+    }
 }

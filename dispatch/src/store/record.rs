@@ -77,6 +77,41 @@ pub struct NewJob {
     pub traceparent: String,
 }
 
+impl NewJob {
+    /// The record `create.lua` writes for this job at `now` (so the script need not send it
+    /// back).
+    pub fn record(&self, id: &str, now: u64) -> JobRecord {
+        let run_at = self.run_at_ms.unwrap_or(now + self.delay_ms);
+        JobRecord {
+            id: id.to_string(),
+            queue: self.queue.clone(),
+            job_type: self.job_type.clone(),
+            payload: self.payload.clone(),
+            state: if run_at > now { State::Scheduled } else { State::Queued },
+            attempt: 1,
+            max_attempts: self.max_attempts,
+            retry_base: 0,
+            backoff: self.backoff.clone(),
+            timeout_ms: self.timeout_ms,
+            run_at_ms: run_at.max(now),
+            idempotency_key: self.idempotency_key.clone(),
+            worker_id: String::new(),
+            lease_id: None,
+            lease_deadline_ms: None,
+            progress: None,
+            result: None,
+            error: None,
+            cancel_requested: false,
+            labels: self.labels.clone(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            started_at_ms: None,
+            finished_at_ms: None,
+            traceparent: self.traceparent.clone(),
+        }
+    }
+}
+
 /// Why the last attempt failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobError {
@@ -176,17 +211,34 @@ impl JobRecord {
     }
 }
 
-/// One entry of a job's history (its `:events` stream).
+/// One entry of a job's history (field `h<seq>` of its record).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEvent {
-    /// Stream entry id, the cursor for the next read.
-    pub stream_id: String,
+    /// 1, 2, 3... per job; the cursor for the next read.
     pub sequence: u64,
     pub state: State,
     pub attempt: u32,
     pub worker_id: String,
     pub at_ms: u64,
     pub error: String,
+}
+
+impl HistoryEvent {
+    /// Parses `state|attempt|worker_id|ts|error` (the error may itself hold `|`).
+    pub fn parse(sequence: u64, v: &str) -> Result<HistoryEvent, String> {
+        let mut parts = v.splitn(5, '|');
+        let mut next = || parts.next().unwrap_or("");
+        let state = next();
+        let (attempt, worker_id, ts, error) = (next(), next(), next(), next());
+        Ok(HistoryEvent {
+            sequence,
+            state: State::parse(state).ok_or_else(|| format!("history state {state:?}"))?,
+            attempt: attempt.parse().map_err(|_| format!("history attempt {attempt:?}"))?,
+            worker_id: worker_id.to_string(),
+            at_ms: ts.parse().map_err(|_| format!("history time {ts:?}"))?,
+            error: error.to_string(),
+        })
+    }
 }
 
 /// Counts of one queue by state.
@@ -207,6 +259,25 @@ mod tests {
         }
         assert_eq!(State::parse("NEW"), None);
         assert!(State::Failed.is_terminal() && !State::Running.is_terminal());
+    }
+
+    #[test]
+    fn history_entries_parse_with_pipes_in_the_error() {
+        let e = HistoryEvent::parse(3, "FAILED|2|w-1|1700000000000|bad | worse").unwrap();
+        assert_eq!(
+            e,
+            HistoryEvent {
+                sequence: 3,
+                state: State::Failed,
+                attempt: 2,
+                worker_id: "w-1".into(),
+                at_ms: 1_700_000_000_000,
+                error: "bad | worse".into(),
+            }
+        );
+        assert_eq!(HistoryEvent::parse(1, "QUEUED|1||5|").unwrap().error, "");
+        assert!(HistoryEvent::parse(1, "NEW|1||5|").is_err());
+        assert!(HistoryEvent::parse(1, "QUEUED|x||5|").is_err());
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl Drop for Proc {
 
 /// Starts nats-server with JetStream on `port`, storing under `dir/js`, logging to
 /// `dir/nats.log` (appended, so a restart adds to it).
-fn spawn_nats(dir: &std::path::Path, port: u16) -> Proc {
+pub fn spawn_nats(dir: &std::path::Path, port: u16) -> Proc {
     Proc(
         Command::new(nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
@@ -104,6 +104,12 @@ fn spawn_nats(dir: &std::path::Path, port: u16) -> Proc {
 
 /// Starts redis-server on `port` with its data (AOF on) and log under `dir`.
 pub fn spawn_redis(dir: &std::path::Path, port: u16) -> Proc {
+    spawn_redis_with(dir, port, true)
+}
+
+/// Starts redis-server on `port` with its log under `dir`; `aof` turns on the append-only
+/// file (no persistence at all otherwise, as the benchmark's peers were measured).
+pub fn spawn_redis_with(dir: &std::path::Path, port: u16, aof: bool) -> Proc {
     Proc(
         Command::new("redis-server")
             .args([
@@ -114,7 +120,7 @@ pub fn spawn_redis(dir: &std::path::Path, port: u16) -> Proc {
                 "--save",
                 "",
                 "--appendonly",
-                "yes",
+                if aof { "yes" } else { "no" },
             ])
             .arg("--dir")
             .arg(dir)

@@ -13,7 +13,7 @@ if job.state == 'SCHEDULED' or job.state == 'QUEUED' then
   emit(job, 'cancelled', tonumber(job.attempt), now, nil, reason)
 elseif job.state == 'RUNNING' then
   redis.call('HSET', jkey(id), 'cancel_requested', 1, 'cancel_reason', reason, 'updated_at', now)
-  redis.call('PUBLISH', P .. 'watch', id)
+  redis.call('PUBLISH', P .. 'watch:' .. id, 0)
 elseif job.state ~= 'CANCELLED' then
   return { 'FAILED_PRECONDITION', 'job is already ' .. job.state }
 end

@@ -90,8 +90,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateJobs(self, request, context):
-        """Creates many jobs; each one is validated and created on its own (one bad job rejects the
-        whole batch before anything is written).
+        """Creates many jobs in one atomic step: every job is validated first (one bad job rejects
+        the whole batch before anything is written), then all are written together.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -29,7 +29,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n dispatch/v1/worker_service.proto\x12\x0b\x64ispatch.v1\x1a\x15\x64ispatch/v1/job.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n\x0f\x43laimJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"1\n\x10\x43laimJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\"\x91\x01\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12(\n\x08progress\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"a\n\x11HeartbeatResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x32\n\x0elease_deadline\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12&\n\x06result\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"4\n\x13\x43ompleteJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\"\x84\x01\n\x0e\x46\x61ilJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"0\n\x0f\x46\x61ilJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job2\xd2\x03\n\rWorkerService\x12k\n\x08\x43laimJob\x12\x1c.dispatch.v1.ClaimJobRequest\x1a\x1d.dispatch.v1.ClaimJobResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/api/job/{job_id}:claim:\x01*\x12r\n\tHeartbeat\x12\x1d.dispatch.v1.HeartbeatRequest\x1a\x1e.dispatch.v1.HeartbeatResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/job/{job_id}:heartbeat:\x01*\x12w\n\x0b\x43ompleteJob\x12\x1f.dispatch.v1.CompleteJobRequest\x1a .dispatch.v1.CompleteJobResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/job/{job_id}:complete:\x01*\x12g\n\x07\x46\x61ilJob\x12\x1b.dispatch.v1.FailJobRequest\x1a\x1c.dispatch.v1.FailJobResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/api/job/{job_id}:fail:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n dispatch/v1/worker_service.proto\x12\x0b\x64ispatch.v1\x1a\x15\x64ispatch/v1/job.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n\x0f\x43laimJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0btraceparent\x18\x05 \x01(\t\"1\n\x10\x43laimJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\"\x91\x01\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12(\n\x08progress\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"a\n\x11HeartbeatResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x32\n\x0elease_deadline\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"s\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12&\n\x06result\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"4\n\x13\x43ompleteJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\"\x84\x01\n\x0e\x46\x61ilJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"0\n\x0f\x46\x61ilJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\"@\n\x10\x43laimJobsRequest\x12,\n\x06\x63laims\x18\x01 \x03(\x0b\x32\x1c.dispatch.v1.ClaimJobRequest\"A\n\x11\x43laimJobsResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.dispatch.v1.ClaimJobResult\"V\n\x0e\x43laimJobResult\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\x12%\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.dispatch.v1.ItemError\"K\n\x13\x43ompleteJobsRequest\x12\x34\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x1f.dispatch.v1.CompleteJobRequest\"G\n\x14\x43ompleteJobsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.dispatch.v1.CompleteJobResult\"p\n\x11\x43ompleteJobResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.dispatch.v1.JobState\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.dispatch.v1.ItemError\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t2\xae\x05\n\rWorkerService\x12k\n\x08\x43laimJob\x12\x1c.dispatch.v1.ClaimJobRequest\x1a\x1d.dispatch.v1.ClaimJobResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/api/job/{job_id}:claim:\x01*\x12\x66\n\tClaimJobs\x12\x1d.dispatch.v1.ClaimJobsRequest\x1a\x1e.dispatch.v1.ClaimJobsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/api/jobs:claim:\x01*\x12r\n\tHeartbeat\x12\x1d.dispatch.v1.HeartbeatRequest\x1a\x1e.dispatch.v1.HeartbeatResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/job/{job_id}:heartbeat:\x01*\x12w\n\x0b\x43ompleteJob\x12\x1f.dispatch.v1.CompleteJobRequest\x1a .dispatch.v1.CompleteJobResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/job/{job_id}:complete:\x01*\x12r\n\x0c\x43ompleteJobs\x12 .dispatch.v1.CompleteJobsRequest\x1a!.dispatch.v1.CompleteJobsResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/api/jobs:complete:\x01*\x12g\n\x07\x46\x61ilJob\x12\x1b.dispatch.v1.FailJobRequest\x1a\x1c.dispatch.v1.FailJobResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/api/job/{job_id}:fail:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,28 +38,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKERSERVICE'].methods_by_name['ClaimJob']._loaded_options = None
   _globals['_WORKERSERVICE'].methods_by_name['ClaimJob']._serialized_options = b'\202\323\344\223\002\034\"\027/api/job/{job_id}:claim:\001*'
+  _globals['_WORKERSERVICE'].methods_by_name['ClaimJobs']._loaded_options = None
+  _globals['_WORKERSERVICE'].methods_by_name['ClaimJobs']._serialized_options = b'\202\323\344\223\002\024\"\017/api/jobs:claim:\001*'
   _globals['_WORKERSERVICE'].methods_by_name['Heartbeat']._loaded_options = None
   _globals['_WORKERSERVICE'].methods_by_name['Heartbeat']._serialized_options = b'\202\323\344\223\002 \"\033/api/job/{job_id}:heartbeat:\001*'
   _globals['_WORKERSERVICE'].methods_by_name['CompleteJob']._loaded_options = None
   _globals['_WORKERSERVICE'].methods_by_name['CompleteJob']._serialized_options = b'\202\323\344\223\002\037\"\032/api/job/{job_id}:complete:\001*'
+  _globals['_WORKERSERVICE'].methods_by_name['CompleteJobs']._loaded_options = None
+  _globals['_WORKERSERVICE'].methods_by_name['CompleteJobs']._serialized_options = b'\202\323\344\223\002\027\"\022/api/jobs:complete:\001*'
   _globals['_WORKERSERVICE'].methods_by_name['FailJob']._loaded_options = None
   _globals['_WORKERSERVICE'].methods_by_name['FailJob']._serialized_options = b'\202\323\344\223\002\033\"\026/api/job/{job_id}:fail:\001*'
-  _globals['_CLAIMJOBREQUEST']._serialized_start=197
-  _globals['_CLAIMJOBREQUEST']._serialized_end=317
-  _globals['_CLAIMJOBRESPONSE']._serialized_start=319
-  _globals['_CLAIMJOBRESPONSE']._serialized_end=368
-  _globals['_HEARTBEATREQUEST']._serialized_start=371
-  _globals['_HEARTBEATREQUEST']._serialized_end=516
-  _globals['_HEARTBEATRESPONSE']._serialized_start=518
-  _globals['_HEARTBEATRESPONSE']._serialized_end=615
-  _globals['_COMPLETEJOBREQUEST']._serialized_start=617
-  _globals['_COMPLETEJOBREQUEST']._serialized_end=711
-  _globals['_COMPLETEJOBRESPONSE']._serialized_start=713
-  _globals['_COMPLETEJOBRESPONSE']._serialized_end=765
-  _globals['_FAILJOBREQUEST']._serialized_start=768
-  _globals['_FAILJOBREQUEST']._serialized_end=900
-  _globals['_FAILJOBRESPONSE']._serialized_start=902
-  _globals['_FAILJOBRESPONSE']._serialized_end=950
-  _globals['_WORKERSERVICE']._serialized_start=953
-  _globals['_WORKERSERVICE']._serialized_end=1419
+  _globals['_CLAIMJOBREQUEST']._serialized_start=198
+  _globals['_CLAIMJOBREQUEST']._serialized_end=339
+  _globals['_CLAIMJOBRESPONSE']._serialized_start=341
+  _globals['_CLAIMJOBRESPONSE']._serialized_end=390
+  _globals['_HEARTBEATREQUEST']._serialized_start=393
+  _globals['_HEARTBEATREQUEST']._serialized_end=538
+  _globals['_HEARTBEATRESPONSE']._serialized_start=540
+  _globals['_HEARTBEATRESPONSE']._serialized_end=637
+  _globals['_COMPLETEJOBREQUEST']._serialized_start=639
+  _globals['_COMPLETEJOBREQUEST']._serialized_end=754
+  _globals['_COMPLETEJOBRESPONSE']._serialized_start=756
+  _globals['_COMPLETEJOBRESPONSE']._serialized_end=808
+  _globals['_FAILJOBREQUEST']._serialized_start=811
+  _globals['_FAILJOBREQUEST']._serialized_end=943
+  _globals['_FAILJOBRESPONSE']._serialized_start=945
+  _globals['_FAILJOBRESPONSE']._serialized_end=993
+  _globals['_CLAIMJOBSREQUEST']._serialized_start=995
+  _globals['_CLAIMJOBSREQUEST']._serialized_end=1059
+  _globals['_CLAIMJOBSRESPONSE']._serialized_start=1061
+  _globals['_CLAIMJOBSRESPONSE']._serialized_end=1126
+  _globals['_CLAIMJOBRESULT']._serialized_start=1128
+  _globals['_CLAIMJOBRESULT']._serialized_end=1214
+  _globals['_COMPLETEJOBSREQUEST']._serialized_start=1216
+  _globals['_COMPLETEJOBSREQUEST']._serialized_end=1291
+  _globals['_COMPLETEJOBSRESPONSE']._serialized_start=1293
+  _globals['_COMPLETEJOBSRESPONSE']._serialized_end=1364
+  _globals['_COMPLETEJOBRESULT']._serialized_start=1366
+  _globals['_COMPLETEJOBRESULT']._serialized_end=1478
+  _globals['_ITEMERROR']._serialized_start=1480
+  _globals['_ITEMERROR']._serialized_end=1522
+  _globals['_WORKERSERVICE']._serialized_start=1525
+  _globals['_WORKERSERVICE']._serialized_end=2211
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,11 @@ class WorkerServiceStub:
                 request_serializer=dispatch_dot_v1_dot_worker__service__pb2.ClaimJobRequest.SerializeToString,
                 response_deserializer=dispatch_dot_v1_dot_worker__service__pb2.ClaimJobResponse.FromString,
                 _registered_method=True)
+        self.ClaimJobs = channel.unary_unary(
+                '/dispatch.v1.WorkerService/ClaimJobs',
+                request_serializer=dispatch_dot_v1_dot_worker__service__pb2.ClaimJobsRequest.SerializeToString,
+                response_deserializer=dispatch_dot_v1_dot_worker__service__pb2.ClaimJobsResponse.FromString,
+                _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/dispatch.v1.WorkerService/Heartbeat',
                 request_serializer=dispatch_dot_v1_dot_worker__service__pb2.HeartbeatRequest.SerializeToString,
@@ -50,6 +55,11 @@ class WorkerServiceStub:
                 '/dispatch.v1.WorkerService/CompleteJob',
                 request_serializer=dispatch_dot_v1_dot_worker__service__pb2.CompleteJobRequest.SerializeToString,
                 response_deserializer=dispatch_dot_v1_dot_worker__service__pb2.CompleteJobResponse.FromString,
+                _registered_method=True)
+        self.CompleteJobs = channel.unary_unary(
+                '/dispatch.v1.WorkerService/CompleteJobs',
+                request_serializer=dispatch_dot_v1_dot_worker__service__pb2.CompleteJobsRequest.SerializeToString,
+                response_deserializer=dispatch_dot_v1_dot_worker__service__pb2.CompleteJobsResponse.FromString,
                 _registered_method=True)
         self.FailJob = channel.unary_unary(
                 '/dispatch.v1.WorkerService/FailJob',
@@ -72,6 +82,15 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClaimJobs(self, request, context):
+        """Claims many jobs in one call: the batch form of ClaimJob, for a worker that pulled several
+        run messages at once. Each claim is granted or refused on its own, exactly as ClaimJob
+        would have done it; results come back in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Heartbeat(self, request, context):
         """Extends the lease and records progress. Answers whether cancellation was requested.
         FAILED_PRECONDITION when the lease is no longer held: the worker stops the job.
@@ -83,6 +102,15 @@ class WorkerServiceServicer:
     def CompleteJob(self, request, context):
         """Records success. Repeating the same report is idempotent; a stale lease gets
         FAILED_PRECONDITION and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteJobs(self, request, context):
+        """Records many successes in one call: the batch form of CompleteJob. Each report is recorded
+        or refused on its own (a stale lease changes nothing, a repeat is a no-op); results come
+        back in request order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +133,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     request_deserializer=dispatch_dot_v1_dot_worker__service__pb2.ClaimJobRequest.FromString,
                     response_serializer=dispatch_dot_v1_dot_worker__service__pb2.ClaimJobResponse.SerializeToString,
             ),
+            'ClaimJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimJobs,
+                    request_deserializer=dispatch_dot_v1_dot_worker__service__pb2.ClaimJobsRequest.FromString,
+                    response_serializer=dispatch_dot_v1_dot_worker__service__pb2.ClaimJobsResponse.SerializeToString,
+            ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
                     request_deserializer=dispatch_dot_v1_dot_worker__service__pb2.HeartbeatRequest.FromString,
@@ -114,6 +147,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.CompleteJob,
                     request_deserializer=dispatch_dot_v1_dot_worker__service__pb2.CompleteJobRequest.FromString,
                     response_serializer=dispatch_dot_v1_dot_worker__service__pb2.CompleteJobResponse.SerializeToString,
+            ),
+            'CompleteJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteJobs,
+                    request_deserializer=dispatch_dot_v1_dot_worker__service__pb2.CompleteJobsRequest.FromString,
+                    response_serializer=dispatch_dot_v1_dot_worker__service__pb2.CompleteJobsResponse.SerializeToString,
             ),
             'FailJob': grpc.unary_unary_rpc_method_handler(
                     servicer.FailJob,
@@ -150,6 +188,33 @@ class WorkerService:
             '/dispatch.v1.WorkerService/ClaimJob',
             dispatch_dot_v1_dot_worker__service__pb2.ClaimJobRequest.SerializeToString,
             dispatch_dot_v1_dot_worker__service__pb2.ClaimJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatch.v1.WorkerService/ClaimJobs',
+            dispatch_dot_v1_dot_worker__service__pb2.ClaimJobsRequest.SerializeToString,
+            dispatch_dot_v1_dot_worker__service__pb2.ClaimJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -204,6 +269,33 @@ class WorkerService:
             '/dispatch.v1.WorkerService/CompleteJob',
             dispatch_dot_v1_dot_worker__service__pb2.CompleteJobRequest.SerializeToString,
             dispatch_dot_v1_dot_worker__service__pb2.CompleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatch.v1.WorkerService/CompleteJobs',
+            dispatch_dot_v1_dot_worker__service__pb2.CompleteJobsRequest.SerializeToString,
+            dispatch_dot_v1_dot_worker__service__pb2.CompleteJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -428,8 +428,8 @@ export const JobService: GenService<{
     output: typeof CreateJobResponseSchema;
   },
   /**
-   * Creates many jobs; each one is validated and created on its own (one bad job rejects the
-   * whole batch before anything is written).
+   * Creates many jobs in one atomic step: every job is validated first (one bad job rejects
+   * the whole batch before anything is written), then all are written together.
    *
    * @generated from rpc dispatch.v1.JobService.CreateJobs
    */

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Job } from "./job_pb.js";
+import type { Job, JobState } from "./job_pb.js";
 import { file_dispatch_v1_job } from "./job_pb.js";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
 import type { Duration, Timestamp, Value } from "@bufbuild/protobuf/wkt";
@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dispatch/v1/worker_service.proto.
  */
 export const file_dispatch_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBkaXNwYXRjaC92MS93b3JrZXJfc2VydmljZS5wcm90bxILZGlzcGF0Y2gudjEieAoPQ2xhaW1Kb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEhEKCXdvcmtlcl9pZBgDIAEoCRIxCg5sZWFzZV9kdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIxChBDbGFpbUpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmRpc3BhdGNoLnYxLkpvYiKRAQoQSGVhcnRiZWF0UmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEAoIbGVhc2VfaWQYAiABKAkSKAoIcHJvZ3Jlc3MYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSMQoObGVhc2VfZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iYQoRSGVhcnRiZWF0UmVzcG9uc2USGAoQY2FuY2VsX3JlcXVlc3RlZBgBIAEoCBIyCg5sZWFzZV9kZWFkbGluZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXgoSQ29tcGxldGVKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRImCgZyZXN1bHQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiNAoTQ29tcGxldGVKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5kaXNwYXRjaC52MS5Kb2IihAEKDkZhaWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRINCgVlcnJvchgDIAEoCRIRCglyZXRyeWFibGUYBCABKAgSLgoLcmV0cnlfZGVsYXkYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iMAoPRmFpbEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmRpc3BhdGNoLnYxLkpvYjLSAwoNV29ya2VyU2VydmljZRJrCghDbGFpbUpvYhIcLmRpc3BhdGNoLnYxLkNsYWltSm9iUmVxdWVzdBodLmRpc3BhdGNoLnYxLkNsYWltSm9iUmVzcG9uc2UiIoLT5JMCHDoBKiIXL2FwaS9qb2Ive2pvYl9pZH06Y2xhaW0ScgoJSGVhcnRiZWF0Eh0uZGlzcGF0Y2gudjEuSGVhcnRiZWF0UmVxdWVzdBoeLmRpc3BhdGNoLnYxLkhlYXJ0YmVhdFJlc3BvbnNlIiaC0+STAiA6ASoiGy9hcGkvam9iL3tqb2JfaWR9OmhlYXJ0YmVhdBJ3CgtDb21wbGV0ZUpvYhIfLmRpc3BhdGNoLnYxLkNvbXBsZXRlSm9iUmVxdWVzdBogLmRpc3BhdGNoLnYxLkNvbXBsZXRlSm9iUmVzcG9uc2UiJYLT5JMCHzoBKiIaL2FwaS9qb2Ive2pvYl9pZH06Y29tcGxldGUSZwoHRmFpbEpvYhIbLmRpc3BhdGNoLnYxLkZhaWxKb2JSZXF1ZXN0GhwuZGlzcGF0Y2gudjEuRmFpbEpvYlJlc3BvbnNlIiGC0+STAhs6ASoiFi9hcGkvam9iL3tqb2JfaWR9OmZhaWxiBnByb3RvMw", [file_dispatch_v1_job, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiBkaXNwYXRjaC92MS93b3JrZXJfc2VydmljZS5wcm90bxILZGlzcGF0Y2gudjEijQEKD0NsYWltSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIRCgl3b3JrZXJfaWQYAyABKAkSMQoObGVhc2VfZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEwoLdHJhY2VwYXJlbnQYBSABKAkiMQoQQ2xhaW1Kb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5kaXNwYXRjaC52MS5Kb2IikQEKEEhlYXJ0YmVhdFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhAKCGxlYXNlX2lkGAIgASgJEigKCHByb2dyZXNzGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjEKDmxlYXNlX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uImEKEUhlYXJ0YmVhdFJlc3BvbnNlEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYASABKAgSMgoObGVhc2VfZGVhZGxpbmUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInMKEkNvbXBsZXRlSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEAoIbGVhc2VfaWQYAiABKAkSJgoGcmVzdWx0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhMKC3RyYWNlcGFyZW50GAQgASgJIjQKE0NvbXBsZXRlSm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuZGlzcGF0Y2gudjEuSm9iIoQBCg5GYWlsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEAoIbGVhc2VfaWQYAiABKAkSDQoFZXJyb3IYAyABKAkSEQoJcmV0cnlhYmxlGAQgASgIEi4KC3JldHJ5X2RlbGF5GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjAKD0ZhaWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5kaXNwYXRjaC52MS5Kb2IiQAoQQ2xhaW1Kb2JzUmVxdWVzdBIsCgZjbGFpbXMYASADKAsyHC5kaXNwYXRjaC52MS5DbGFpbUpvYlJlcXVlc3QiQQoRQ2xhaW1Kb2JzUmVzcG9uc2USLAoHcmVzdWx0cxgBIAMoCzIbLmRpc3BhdGNoLnYxLkNsYWltSm9iUmVzdWx0IlYKDkNsYWltSm9iUmVzdWx0Eh0KA2pvYhgBIAEoCzIQLmRpc3BhdGNoLnYxLkpvYhIlCgVlcnJvchgCIAEoCzIWLmRpc3BhdGNoLnYxLkl0ZW1FcnJvciJLChNDb21wbGV0ZUpvYnNSZXF1ZXN0EjQKC2NvbXBsZXRpb25zGAEgAygLMh8uZGlzcGF0Y2gudjEuQ29tcGxldGVKb2JSZXF1ZXN0IkcKFENvbXBsZXRlSm9ic1Jlc3BvbnNlEi8KB3Jlc3VsdHMYASADKAsyHi5kaXNwYXRjaC52MS5Db21wbGV0ZUpvYlJlc3VsdCJwChFDb21wbGV0ZUpvYlJlc3VsdBIOCgZqb2JfaWQYASABKAkSJAoFc3RhdGUYAiABKA4yFS5kaXNwYXRjaC52MS5Kb2JTdGF0ZRIlCgVlcnJvchgDIAEoCzIWLmRpc3BhdGNoLnYxLkl0ZW1FcnJvciIqCglJdGVtRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJMq4FCg1Xb3JrZXJTZXJ2aWNlEmsKCENsYWltSm9iEhwuZGlzcGF0Y2gudjEuQ2xhaW1Kb2JSZXF1ZXN0Gh0uZGlzcGF0Y2gudjEuQ2xhaW1Kb2JSZXNwb25zZSIigtPkkwIcOgEqIhcvYXBpL2pvYi97am9iX2lkfTpjbGFpbRJmCglDbGFpbUpvYnMSHS5kaXNwYXRjaC52MS5DbGFpbUpvYnNSZXF1ZXN0Gh4uZGlzcGF0Y2gudjEuQ2xhaW1Kb2JzUmVzcG9uc2UiGoLT5JMCFDoBKiIPL2FwaS9qb2JzOmNsYWltEnIKCUhlYXJ0YmVhdBIdLmRpc3BhdGNoLnYxLkhlYXJ0YmVhdFJlcXVlc3QaHi5kaXNwYXRjaC52MS5IZWFydGJlYXRSZXNwb25zZSImgtPkkwIgOgEqIhsvYXBpL2pvYi97am9iX2lkfTpoZWFydGJlYXQSdwoLQ29tcGxldGVKb2ISHy5kaXNwYXRjaC52MS5Db21wbGV0ZUpvYlJlcXVlc3QaIC5kaXNwYXRjaC52MS5Db21wbGV0ZUpvYlJlc3BvbnNlIiWC0+STAh86ASoiGi9hcGkvam9iL3tqb2JfaWR9OmNvbXBsZXRlEnIKDENvbXBsZXRlSm9icxIgLmRpc3BhdGNoLnYxLkNvbXBsZXRlSm9ic1JlcXVlc3QaIS5kaXNwYXRjaC52MS5Db21wbGV0ZUpvYnNSZXNwb25zZSIdgtPkkwIXOgEqIhIvYXBpL2pvYnM6Y29tcGxldGUSZwoHRmFpbEpvYhIbLmRpc3BhdGNoLnYxLkZhaWxKb2JSZXF1ZXN0GhwuZGlzcGF0Y2gudjEuRmFpbEpvYlJlc3BvbnNlIiGC0+STAhs6ASoiFi9hcGkvam9iL3tqb2JfaWR9OmZhaWxiBnByb3RvMw", [file_dispatch_v1_job, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Request for ClaimJob.
@@ -50,6 +50,15 @@ export type ClaimJobRequest = Message<"dispatch.v1.ClaimJobRequest"> & {
    * @generated from field: google.protobuf.Duration lease_duration = 4;
    */
   leaseDuration?: Duration | undefined;
+
+  /**
+   * W3C trace context of this attempt (at most 128 characters). ClaimJobs puts each claim in
+   * its own job's trace with it, since one call's metadata cannot tell its jobs apart; when
+   * empty, the call's `traceparent` metadata is used. ClaimJob reads only the metadata.
+   *
+   * @generated from field: string traceparent = 5;
+   */
+  traceparent: string;
 };
 
 /**
@@ -176,6 +185,15 @@ export type CompleteJobRequest = Message<"dispatch.v1.CompleteJobRequest"> & {
    * @generated from field: google.protobuf.Value result = 3;
    */
   result?: Value | undefined;
+
+  /**
+   * W3C trace context of this attempt (at most 128 characters). CompleteJobs puts each report
+   * in its own job's trace with it, since one call's metadata cannot tell its jobs apart; when
+   * empty, the call's `traceparent` metadata is used. CompleteJob reads only the metadata.
+   *
+   * @generated from field: string traceparent = 4;
+   */
+  traceparent: string;
 };
 
 /**
@@ -278,6 +296,182 @@ export const FailJobResponseSchema: GenMessage<FailJobResponse> = /*@__PURE__*/
   messageDesc(file_dispatch_v1_worker_service, 7);
 
 /**
+ * Request for ClaimJobs.
+ *
+ * @generated from message dispatch.v1.ClaimJobsRequest
+ */
+export type ClaimJobsRequest = Message<"dispatch.v1.ClaimJobsRequest"> & {
+  /**
+   * The claims, 1 to 1000; a bad one rejects the whole call before anything is written.
+   *
+   * @generated from field: repeated dispatch.v1.ClaimJobRequest claims = 1;
+   */
+  claims: ClaimJobRequest[];
+};
+
+/**
+ * Describes the message dispatch.v1.ClaimJobsRequest.
+ * Use `create(ClaimJobsRequestSchema)` to create a new message.
+ */
+export const ClaimJobsRequestSchema: GenMessage<ClaimJobsRequest> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_worker_service, 8);
+
+/**
+ * Response for ClaimJobs.
+ *
+ * @generated from message dispatch.v1.ClaimJobsResponse
+ */
+export type ClaimJobsResponse = Message<"dispatch.v1.ClaimJobsResponse"> & {
+  /**
+   * One result per claim, in order.
+   *
+   * @generated from field: repeated dispatch.v1.ClaimJobResult results = 1;
+   */
+  results: ClaimJobResult[];
+};
+
+/**
+ * Describes the message dispatch.v1.ClaimJobsResponse.
+ * Use `create(ClaimJobsResponseSchema)` to create a new message.
+ */
+export const ClaimJobsResponseSchema: GenMessage<ClaimJobsResponse> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_worker_service, 9);
+
+/**
+ * The outcome of one claim of a ClaimJobs call.
+ *
+ * @generated from message dispatch.v1.ClaimJobResult
+ */
+export type ClaimJobResult = Message<"dispatch.v1.ClaimJobResult"> & {
+  /**
+   * The full job, RUNNING, with its lease; unset when the claim was refused.
+   *
+   * @generated from field: dispatch.v1.Job job = 1;
+   */
+  job?: Job | undefined;
+
+  /**
+   * Why the claim was refused (what ClaimJob would have answered); unset when granted.
+   *
+   * @generated from field: dispatch.v1.ItemError error = 2;
+   */
+  error?: ItemError | undefined;
+};
+
+/**
+ * Describes the message dispatch.v1.ClaimJobResult.
+ * Use `create(ClaimJobResultSchema)` to create a new message.
+ */
+export const ClaimJobResultSchema: GenMessage<ClaimJobResult> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_worker_service, 10);
+
+/**
+ * Request for CompleteJobs.
+ *
+ * @generated from message dispatch.v1.CompleteJobsRequest
+ */
+export type CompleteJobsRequest = Message<"dispatch.v1.CompleteJobsRequest"> & {
+  /**
+   * The reports, 1 to 1000; a bad one rejects the whole call before anything is written.
+   *
+   * @generated from field: repeated dispatch.v1.CompleteJobRequest completions = 1;
+   */
+  completions: CompleteJobRequest[];
+};
+
+/**
+ * Describes the message dispatch.v1.CompleteJobsRequest.
+ * Use `create(CompleteJobsRequestSchema)` to create a new message.
+ */
+export const CompleteJobsRequestSchema: GenMessage<CompleteJobsRequest> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_worker_service, 11);
+
+/**
+ * Response for CompleteJobs.
+ *
+ * @generated from message dispatch.v1.CompleteJobsResponse
+ */
+export type CompleteJobsResponse = Message<"dispatch.v1.CompleteJobsResponse"> & {
+  /**
+   * One result per report, in order.
+   *
+   * @generated from field: repeated dispatch.v1.CompleteJobResult results = 1;
+   */
+  results: CompleteJobResult[];
+};
+
+/**
+ * Describes the message dispatch.v1.CompleteJobsResponse.
+ * Use `create(CompleteJobsResponseSchema)` to create a new message.
+ */
+export const CompleteJobsResponseSchema: GenMessage<CompleteJobsResponse> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_worker_service, 12);
+
+/**
+ * The outcome of one report of a CompleteJobs call.
+ *
+ * @generated from message dispatch.v1.CompleteJobResult
+ */
+export type CompleteJobResult = Message<"dispatch.v1.CompleteJobResult"> & {
+  /**
+   * The job id of the report.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * JOB_STATE_SUCCEEDED when the success is recorded (now or by an earlier identical report);
+   * JOB_STATE_UNSPECIFIED when refused.
+   *
+   * @generated from field: dispatch.v1.JobState state = 2;
+   */
+  state: JobState;
+
+  /**
+   * Why the report was refused (what CompleteJob would have answered); unset when recorded.
+   *
+   * @generated from field: dispatch.v1.ItemError error = 3;
+   */
+  error?: ItemError | undefined;
+};
+
+/**
+ * Describes the message dispatch.v1.CompleteJobResult.
+ * Use `create(CompleteJobResultSchema)` to create a new message.
+ */
+export const CompleteJobResultSchema: GenMessage<CompleteJobResult> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_worker_service, 13);
+
+/**
+ * Why one item of a batch call was refused: the status the single-item RPC would have returned.
+ *
+ * @generated from message dispatch.v1.ItemError
+ */
+export type ItemError = Message<"dispatch.v1.ItemError"> & {
+  /**
+   * The gRPC status code, as in google.rpc.Code: 5 NOT_FOUND, 9 FAILED_PRECONDITION, ...
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * What went wrong.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message dispatch.v1.ItemError.
+ * Use `create(ItemErrorSchema)` to create a new message.
+ */
+export const ItemErrorSchema: GenMessage<ItemError> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_worker_service, 14);
+
+/**
  * The worker protocol. A worker takes a `job_run.<queue>` message from NATS, claims the job,
  * heartbeats while it runs, and reports the outcome with the lease id it was given.
  *
@@ -295,6 +489,18 @@ export const WorkerService: GenService<{
     methodKind: "unary";
     input: typeof ClaimJobRequestSchema;
     output: typeof ClaimJobResponseSchema;
+  },
+  /**
+   * Claims many jobs in one call: the batch form of ClaimJob, for a worker that pulled several
+   * run messages at once. Each claim is granted or refused on its own, exactly as ClaimJob
+   * would have done it; results come back in request order.
+   *
+   * @generated from rpc dispatch.v1.WorkerService.ClaimJobs
+   */
+  claimJobs: {
+    methodKind: "unary";
+    input: typeof ClaimJobsRequestSchema;
+    output: typeof ClaimJobsResponseSchema;
   },
   /**
    * Extends the lease and records progress. Answers whether cancellation was requested.
@@ -317,6 +523,18 @@ export const WorkerService: GenService<{
     methodKind: "unary";
     input: typeof CompleteJobRequestSchema;
     output: typeof CompleteJobResponseSchema;
+  },
+  /**
+   * Records many successes in one call: the batch form of CompleteJob. Each report is recorded
+   * or refused on its own (a stale lease changes nothing, a repeat is a no-op); results come
+   * back in request order.
+   *
+   * @generated from rpc dispatch.v1.WorkerService.CompleteJobs
+   */
+  completeJobs: {
+    methodKind: "unary";
+    input: typeof CompleteJobsRequestSchema;
+    output: typeof CompleteJobsResponseSchema;
   },
   /**
    * Records a failed attempt: retried after backoff while attempts are left and the error is

@@ -1,0 +1,535 @@
+//! `bench`: throughput, latency and memory of a Dispatch stack (`make bench`).
+//!
+//! Starts a stack the way `make run` does (redis-server, nats-server with JetStream file
+//! storage, the `dispatch` binary, one `worker` process with the built-in `noop` handler), or
+//! uses a running one (`--grpc-url`, `--nats-url`, `--redis-url`), then measures:
+//! - **throughput**: `--jobs` no-op jobs with a ~100-byte JSON payload, submitted in
+//!   `CreateJobs` batches, then the same number singly with `CreateJob`; enqueue rate (first
+//!   submit → last accepted) and end-to-end rate (first submit → last `SUCCEEDED` recorded,
+//!   the timestamp on its `job_complete` event);
+//! - **latency** at `--rate` jobs/s offered for `--latency-s` seconds: enqueue → start
+//!   (`created_at` → the `job_processing` event) and enqueue → `SUCCEEDED`;
+//! - **memory**: Redis bytes per queued job beyond its payload, and dispatch/worker RSS.
+//!
+//! Prints a table, then one JSON line. Exits non-zero when any job did not succeed, so a small
+//! run is a smoke test. Figures come from here, never from timed tests.
+
+mod stack;
+mod stats;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+use clap::Parser;
+use dispatch_client::pb::{self, job_service_client::JobServiceClient};
+use fred::prelude::*;
+use futures::StreamExt;
+use prost::Message;
+use tonic::transport::Channel;
+
+use stack::{Options, Stack, rss_mb};
+use stats::{rate, summary};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Throughput, latency and memory of a Dispatch stack")]
+struct Args {
+    /// No-op jobs of the batched throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    jobs: usize,
+    /// No-op jobs of the single-submission run (0 skips it).
+    #[arg(long, default_value_t = 20_000)]
+    single_jobs: usize,
+    /// Jobs per CreateJobs call.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Concurrent callers submitting batches.
+    #[arg(long, default_value_t = 4)]
+    callers: usize,
+    /// Concurrent callers submitting single CreateJob calls.
+    #[arg(long, default_value_t = 64)]
+    single_callers: usize,
+    /// Offered rate of the latency run, jobs/s.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Length of the latency run, seconds.
+    #[arg(long, default_value_t = 10)]
+    latency_s: u64,
+    /// Queued jobs for the memory figure (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    mem_jobs: usize,
+    /// Concurrency of the worker process started here.
+    #[arg(long, default_value_t = 1_000)]
+    worker_concurrency: usize,
+    /// Redis with its append-only file on (default: no persistence, as the peers ran).
+    #[arg(long)]
+    redis_aof: bool,
+    /// Queue of the throughput and latency runs; a running stack's workers must serve it.
+    #[arg(long, default_value = "bench")]
+    queue: String,
+    /// dispatch of a running stack (then also give --nats-url; --redis-url for memory).
+    #[arg(long, requires = "nats_url")]
+    grpc_url: Option<String>,
+    /// NATS of a running stack.
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// Redis of a running stack (memory figures).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Give up waiting for a run's jobs after this long.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+}
+
+/// The ~100-byte JSON payload of every job.
+fn payload(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "objectId": format!("obj-{i:08}"),
+        "tenant": "acme",
+        "action": "resize",
+        "size": {"w": 640, "h": 480},
+        "tags": ["bench", "noop", "x"]
+    })
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
+}
+
+fn ts_ms(t: Option<&dispatch_client::pbjson_types::Timestamp>) -> f64 {
+    t.map(|t| t.seconds as f64 * 1e3 + f64::from(t.nanos) / 1e6)
+        .unwrap_or(0.0)
+}
+
+fn job_request(queue: &str, i: usize) -> pb::CreateJobRequest {
+    pb::CreateJobRequest {
+        queue: queue.to_string(),
+        r#type: "noop".into(),
+        payload: Some(dispatch_client::json::to_proto(&payload(i))),
+        ..Default::default()
+    }
+}
+
+/// What the events stream said about each job of a run: when it started and when it ended.
+#[derive(Default)]
+struct Seen {
+    started: HashMap<String, f64>,
+    succeeded: HashMap<String, f64>,
+    failed_attempts: usize,
+}
+
+/// Follows the events of `queue` from now on (an ordered JetStream consumer: nothing is
+/// dropped however fast they come).
+async fn follow(js: &jetstream::Context, queue: &str) -> anyhow::Result<Arc<Mutex<Seen>>> {
+    let stream = js.get_stream("DISPATCH_EVENTS").await?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subjects: vec![
+                format!("job_processing.{queue}"),
+                format!("job_complete.{queue}"),
+                format!("job_failed.{queue}"),
+            ],
+            deliver_policy: jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let out = seen.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = messages.next().await {
+            let Ok(ev) = pb::JobEvent::decode(msg.payload.clone()) else {
+                continue;
+            };
+            let at = ts_ms(ev.timestamp.as_ref());
+            let mut s = out.lock().unwrap();
+            match ev.state {
+                x if x == pb::JobState::Running as i32 => {
+                    s.started.insert(ev.job_id, at);
+                }
+                x if x == pb::JobState::Succeeded as i32 => {
+                    s.succeeded.insert(ev.job_id, at);
+                }
+                _ => s.failed_attempts += 1,
+            }
+        }
+    });
+    Ok(seen)
+}
+
+/// Waits until every id has succeeded; the latest completion time.
+async fn wait_done(seen: &Mutex<Seen>, ids: &[String], timeout: Duration) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        {
+            let s = seen.lock().unwrap();
+            if s.succeeded.len() >= ids.len() {
+                let times: Option<Vec<f64>> = ids.iter().map(|id| s.succeeded.get(id).copied()).collect();
+                if let Some(t) = times {
+                    return Ok(t.into_iter().fold(0.0, f64::max));
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {} jobs succeeded within {timeout:?} ({} failed attempts)",
+                s.succeeded.len(),
+                ids.len(),
+                s.failed_attempts
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Submits `n` jobs in batches from `callers` concurrent callers; returns their ids.
+async fn submit_batched(
+    client: &JobServiceClient<Channel>,
+    queue: &str,
+    n: usize,
+    batch: usize,
+    callers: usize,
+) -> anyhow::Result<Vec<String>> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..callers.max(1) {
+        let (mut c, next, queue) = (client.clone(), next.clone(), queue.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let start = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
+                if start >= n {
+                    return Ok::<_, anyhow::Error>(ids);
+                }
+                let jobs = (start..(start + batch).min(n))
+                    .map(|i| job_request(&queue, i))
+                    .collect();
+                let r = c.create_jobs(pb::CreateJobsRequest { jobs }).await?.into_inner();
+                ids.extend(r.results.into_iter().filter_map(|r| r.job).map(|j| j.id));
+            }
+        }));
+    }
+    let mut ids = Vec::with_capacity(n);
+    for t in tasks {
+        ids.extend(t.await??);
+    }
+    Ok(ids)
+}
+
+/// Submits `n` jobs one CreateJob call each from `callers` concurrent callers.
+async fn submit_single(
+    client: &JobServiceClient<Channel>,
+    queue: &str,
+    n: usize,
+    callers: usize,
+) -> anyhow::Result<Vec<String>> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..callers.max(1) {
+        let (mut c, next, queue) = (client.clone(), next.clone(), queue.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(ids);
+                }
+                let r = c.create_job(job_request(&queue, i)).await?.into_inner();
+                ids.extend(r.job.map(|j| j.id));
+            }
+        }));
+    }
+    let mut ids = Vec::with_capacity(n);
+    for t in tasks {
+        ids.extend(t.await??);
+    }
+    Ok(ids)
+}
+
+/// One throughput run's figures.
+struct Throughput {
+    enqueue_jobs_s: f64,
+    e2e_jobs_s: f64,
+    failed_attempts: usize,
+    /// CPU time per job of each process started here, in µs.
+    cpu_us_per_job: Vec<(&'static str, f64)>,
+}
+
+/// CPU seconds used so far by each process.
+fn cpu_now(pids: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
+    pids.iter()
+        .map(|(name, pid)| (*name, stack::cpu_s(*pid).unwrap_or(0.0)))
+        .collect()
+}
+
+async fn throughput(
+    args: &Args,
+    client: &JobServiceClient<Channel>,
+    js: &jetstream::Context,
+    single: bool,
+    pids: &[(&'static str, u32)],
+) -> anyhow::Result<Throughput> {
+    let seen = follow(js, &args.queue).await?;
+    let cpu_before = cpu_now(pids);
+    let t0 = Instant::now();
+    let first_ms = now_ms();
+    let ids = if single {
+        submit_single(client, &args.queue, args.jobs, args.single_callers).await?
+    } else {
+        submit_batched(client, &args.queue, args.jobs, args.batch, args.callers).await?
+    };
+    let enqueue_s = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(ids.len() == args.jobs, "{} of {} jobs accepted", ids.len(), args.jobs);
+    let last_ms = wait_done(&seen, &ids, Duration::from_secs(args.timeout_s)).await?;
+    let failed_attempts = seen.lock().unwrap().failed_attempts;
+    let cpu_us_per_job = cpu_now(pids)
+        .into_iter()
+        .zip(cpu_before)
+        .map(|((name, after), (_, before))| (name, (after - before) * 1e6 / ids.len() as f64))
+        .collect();
+    Ok(Throughput {
+        enqueue_jobs_s: rate(ids.len(), enqueue_s),
+        e2e_jobs_s: rate(ids.len(), (last_ms - first_ms).max(1.0) / 1e3),
+        failed_attempts,
+        cpu_us_per_job,
+    })
+}
+
+/// Latency figures in ms: enqueue → start and enqueue → succeeded, each [p50, p90, p99, max].
+struct Latency {
+    start: [f64; 4],
+    done: [f64; 4],
+    jobs: usize,
+    /// dispatch RSS (MiB) when the steady load began and when it ended.
+    rss_steady: Option<(f64, f64)>,
+}
+
+async fn latency(
+    args: &Args,
+    client: &JobServiceClient<Channel>,
+    js: &jetstream::Context,
+    dispatch_pid: Option<u32>,
+) -> anyhow::Result<Latency> {
+    let seen = follow(js, &args.queue).await?;
+    let n = (args.rate * args.latency_s) as usize;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let rss_before = dispatch_pid.and_then(rss_mb).map(|r| r.0);
+    let mut calls = Vec::with_capacity(n);
+    for i in 0..n {
+        tick.tick().await;
+        let (mut c, queue) = (client.clone(), args.queue.clone());
+        calls.push(tokio::spawn(async move { c.create_job(job_request(&queue, i)).await }));
+    }
+    let mut created = Vec::with_capacity(n);
+    for c in calls {
+        let job = c
+            .await??
+            .into_inner()
+            .job
+            .ok_or_else(|| anyhow::anyhow!("no job in reply"))?;
+        created.push((job.id.clone(), ts_ms(job.created_at.as_ref())));
+    }
+    let rss_after = dispatch_pid.and_then(rss_mb).map(|r| r.0);
+    let ids: Vec<String> = created.iter().map(|(id, _)| id.clone()).collect();
+    wait_done(&seen, &ids, Duration::from_secs(args.timeout_s)).await?;
+    let s = seen.lock().unwrap();
+    let mut start = Vec::with_capacity(n);
+    let mut done = Vec::with_capacity(n);
+    for (id, created_ms) in &created {
+        if let Some(t) = s.started.get(id) {
+            start.push(t - created_ms);
+        }
+        done.push(s.succeeded[id] - created_ms);
+    }
+    Ok(Latency {
+        start: summary(start),
+        done: summary(done),
+        jobs: n,
+        rss_steady: rss_before.zip(rss_after),
+    })
+}
+
+async fn used_memory(redis: &Client) -> anyhow::Result<f64> {
+    let info: String = redis.info(Some(fred::types::InfoKind::Memory)).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no used_memory in INFO"))
+}
+
+/// Redis bytes per queued job beyond its payload: `n` jobs on a queue no worker serves.
+async fn memory(args: &Args, client: &JobServiceClient<Channel>, redis_url: &str) -> anyhow::Result<f64> {
+    let redis = Builder::from_config(fred::types::config::Config::from_url(redis_url)?).build()?;
+    redis.init().await?;
+    let queue = format!("bench-idle-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let outbox_empty = |r: Client| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while r.xlen::<u64, _>("dispatch:outbox").await? > 0 {
+            anyhow::ensure!(Instant::now() < deadline, "outbox not drained in 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    };
+    outbox_empty(redis.clone()).await?;
+    let before = used_memory(&redis).await?;
+    let ids = submit_batched(client, &queue, args.mem_jobs, args.batch, 1).await?;
+    outbox_empty(redis.clone()).await?;
+    let after = used_memory(&redis).await?;
+    let payload_bytes = serde_json::to_string(&payload(0))?.len() as f64;
+    if args.grpc_url.is_some() {
+        // A running stack keeps its data: take the idle jobs away again.
+        futures::stream::iter(ids)
+            .for_each_concurrent(32, |id| {
+                let mut c = client.clone();
+                async move {
+                    let _ = c
+                        .cancel_job(pb::CancelJobRequest {
+                            id,
+                            reason: "bench".into(),
+                        })
+                        .await;
+                }
+            })
+            .await;
+    }
+    let _ = redis.quit().await;
+    Ok((after - before) / args.mem_jobs as f64 - payload_bytes)
+}
+
+fn row(name: &str, value: String) {
+    println!("  {name:<44} {value}");
+}
+
+fn lat_row(name: &str, v: [f64; 4]) {
+    row(
+        name,
+        format!("p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}", v[0], v[1], v[2], v[3]),
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut stack = match &args.grpc_url {
+        Some(g) => Stack::existing(
+            g.clone(),
+            args.nats_url.clone().unwrap_or_default(),
+            args.redis_url.clone(),
+        ),
+        None => {
+            Stack::start(&Options {
+                redis_aof: args.redis_aof,
+                worker_concurrency: args.worker_concurrency,
+                queues: vec![args.queue.clone()],
+            })
+            .await?
+        }
+    };
+    let result = run(&args, &stack).await;
+    stack.stop();
+    result
+}
+
+async fn run(args: &Args, stack: &Stack) -> anyhow::Result<()> {
+    let client = JobServiceClient::connect(stack.grpc_url.clone())
+        .await?
+        .max_decoding_message_size(64 << 20);
+    let js = jetstream::new(async_nats::connect(&stack.nats_url).await?);
+    println!(
+        "dispatch bench: {} jobs in batches of {} from {} callers, {} singly from {} callers, latency at {}/s for {} s",
+        args.jobs, args.batch, args.callers, args.single_jobs, args.single_callers, args.rate, args.latency_s
+    );
+
+    // Warm-up: connections, scripts, consumers.
+    let warm = Args {
+        jobs: args.jobs.min(1_000),
+        ..args.clone()
+    };
+    throughput(&warm, &client, &js, false, &stack.pids).await?;
+
+    let batched = throughput(args, &client, &js, false, &stack.pids).await?;
+    let single = if args.single_jobs > 0 {
+        let a = Args {
+            jobs: args.single_jobs,
+            ..args.clone()
+        };
+        Some(throughput(&a, &client, &js, true, &stack.pids).await?)
+    } else {
+        None
+    };
+    let lat = if args.latency_s > 0 && args.rate > 0 {
+        Some(latency(args, &client, &js, stack.dispatch_pid).await?)
+    } else {
+        None
+    };
+    let bytes_per_job = match (&stack.redis_url, args.mem_jobs) {
+        (Some(url), n) if n > 0 => Some(memory(args, &client, url).await?),
+        _ => None,
+    };
+    let dispatch_rss = stack.dispatch_pid.and_then(rss_mb);
+    let worker_rss = stack.worker_pid.and_then(rss_mb);
+
+    println!("throughput (no-op jobs)");
+    row(
+        "batched: enqueue rate (jobs/s)",
+        format!("{:.0}", batched.enqueue_jobs_s),
+    );
+    row("batched: end to end (jobs/s)", format!("{:.0}", batched.e2e_jobs_s));
+    let cpu = |t: &Throughput| {
+        t.cpu_us_per_job
+            .iter()
+            .map(|(n, us)| format!("{n} {us:.0}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    if !batched.cpu_us_per_job.is_empty() {
+        row("batched: CPU per job (µs)", cpu(&batched));
+    }
+    if let Some(single) = &single {
+        row("single: enqueue rate (jobs/s)", format!("{:.0}", single.enqueue_jobs_s));
+        row("single: end to end (jobs/s)", format!("{:.0}", single.e2e_jobs_s));
+        if !single.cpu_us_per_job.is_empty() {
+            row("single: CPU per job (µs)", cpu(single));
+        }
+    }
+    if let Some(l) = &lat {
+        println!("latency ({} jobs at {}/s, ms)", l.jobs, args.rate);
+        lat_row("enqueue -> start", l.start);
+        lat_row("enqueue -> succeeded", l.done);
+        if let Some((a, b)) = l.rss_steady {
+            row("dispatch RSS over the steady load (MiB)", format!("{a:.1} -> {b:.1}"));
+        }
+    }
+    println!("memory");
+    if let Some(b) = bytes_per_job {
+        row("Redis bytes per queued job beyond payload", format!("{b:.0}"));
+    }
+    if let Some((now, peak)) = dispatch_rss {
+        row("dispatch RSS now / peak (MiB)", format!("{now:.1} / {peak:.1}"));
+    }
+    if let Some((now, peak)) = worker_rss {
+        row("worker RSS now / peak (MiB)", format!("{now:.1} / {peak:.1}"));
+    }
+    let failed = batched.failed_attempts + single.as_ref().map_or(0, |s| s.failed_attempts);
+    row("failed attempts (expected 0)", failed.to_string());
+    let json = serde_json::json!({
+        "e2e_jobs_s": batched.e2e_jobs_s.round(),
+        "enqueue_jobs_s": batched.enqueue_jobs_s.round(),
+        "single_e2e_jobs_s": single.as_ref().map(|s| s.e2e_jobs_s.round()),
+        "single_enqueue_jobs_s": single.as_ref().map(|s| s.enqueue_jobs_s.round()),
+        "lat_start_p50_ms": lat.as_ref().map(|l| l.start[0]),
+        "lat_start_p99_ms": lat.as_ref().map(|l| l.start[2]),
+        "lat_done_p99_ms": lat.as_ref().map(|l| l.done[2]),
+        "redis_bytes_per_job": bytes_per_job.map(f64::round),
+        "rss_mb": dispatch_rss.map(|r| (r.1 * 10.0).round() / 10.0),
+        "worker_rss_mb": worker_rss.map(|r| (r.1 * 10.0).round() / 10.0),
+        "jobs": args.jobs,
+    });
+    println!("{json}");
+    anyhow::ensure!(failed == 0, "{failed} attempts failed");
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! Percentiles and rates.
+
+/// The `p`-th percentile (0..=100) of `sorted` by nearest rank; 0 when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// p50, p90, p99 and max of `values` (sorted here).
+pub fn summary(mut values: Vec<f64>) -> [f64; 4] {
+    values.sort_by(f64::total_cmp);
+    [
+        percentile(&values, 50.0),
+        percentile(&values, 90.0),
+        percentile(&values, 99.0),
+        values.last().copied().unwrap_or(0.0),
+    ]
+}
+
+/// Events per second; 0 for an empty interval.
+pub fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+        assert_eq!(summary(vec![3.0, 1.0, 2.0]), [2.0, 3.0, 3.0, 3.0]);
+        assert_eq!(rate(100, 0.5), 200.0);
+        assert_eq!(rate(1, 0.0), 0.0);
+    }
+}
