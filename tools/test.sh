@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then format, lint, proto lint and breaking-change
 # check, the drift check of the generated clients, every Rust test (unit and integration on real
-# redis-server and nats-server), a short loadcheck, and on one `make run` stack: the smoke test
-# (grpcurl, the docs' curl examples, schemathesis) and the Python, TypeScript and Go clients' tests.
+# redis-server and nats-server), a short loadcheck, a smoke run of the benchmark, and on one
+# `make run` stack: the smoke test (grpcurl, the docs' curl examples, schemathesis) and the
+# Python, TypeScript and Go clients' tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install.sh
@@ -15,6 +16,8 @@ echo "== cargo test"; cargo build --bins  # the chaos tests run the worker binar
 cargo test --workspace
 echo "== loadcheck (short: 1000 jobs, a worker killed every second, NATS restarted every 3 s)"
 ./target/debug/loadcheck --jobs 1000 --kill-every-ms 1000 --nats-restart-every-ms 3000
+echo "== bench smoke (2,000 jobs batched, 500 singly, 2 s at 200/s, memory: every job must succeed; no timing asserted)"
+./target/debug/bench --jobs 2000 --single-jobs 500 --latency-s 2 --rate 200 --mem-jobs 1000 --timeout-s 120
 echo "== generated clients match the proto"; tools/gen-clients.sh --check
 echo "== on a make-run stack: smoke (grpcurl, curl examples, schemathesis), then the clients"
 tools/with-stack.sh bash -c 'tools/smoke.sh && tools/test-clients.sh'

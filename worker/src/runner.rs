@@ -181,7 +181,8 @@ impl Puller {
                     reporter: self.reporter.clone(),
                     traceparent: String::new(),
                 };
-                self.tracker.spawn(runner.claim_group(group, self.tracker.clone()));
+                self.tracker
+                    .spawn(Box::pin(runner.claim_group(group, self.tracker.clone())));
             }
         }
     }
@@ -284,8 +285,11 @@ impl JobRunner {
                 (Some(job), _) => {
                     // From here the Redis lease is the one retry clock.
                     let _ = msg.ack().await;
+                    // Boxed: the job's future is large, and moving it into a task cost more
+                    // than the allocation.
+                    let run = Box::pin(tracing::Instrument::instrument(runner.run_claimed(job), span));
                     tracker.spawn(async move {
-                        tracing::Instrument::instrument(runner.run_claimed(job), span).await;
+                        run.await;
                         drop(permit);
                     });
                 }

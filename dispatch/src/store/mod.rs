@@ -289,15 +289,16 @@ impl Store {
     /// QUEUED → RUNNING for many jobs in one atomic step; each claim is granted or refused on
     /// its own.
     pub async fn claim_many(&self, claims: &[Claim]) -> Result<Vec<Result<JobRecord, Error>>, Error> {
+        let now = now_ms();
         let mut args = Vec::with_capacity(1 + claims.len() * 5);
-        args.push(now_ms().to_string());
+        args.push(now.to_string());
         for c in claims {
             args.extend([
                 c.id.clone(),
                 c.attempt.to_string(),
                 c.worker_id.clone(),
                 c.lease_id.clone(),
-                c.lease_ms.to_string(),
+                (now + c.lease_ms).to_string(),
             ]);
         }
         let items = self.run_many(&self.scripts.claim_many, args, claims.len()).await?;
@@ -378,13 +379,14 @@ impl Store {
         lease_id: &str,
         lease_ms: u64,
     ) -> Result<JobRecord, Error> {
+        let now = now_ms();
         let args = vec![
             id.to_string(),
             attempt.to_string(),
             worker_id.to_string(),
             lease_id.to_string(),
-            lease_ms.to_string(),
-            now_ms().to_string(),
+            (now + lease_ms).to_string(),
+            now.to_string(),
         ];
         Ok(Self::record(id, self.run(&self.scripts.claim, args).await?)?.1)
     }

@@ -123,16 +123,16 @@ struct Seen {
 }
 
 /// Follows the events of `queue` from now on (an ordered JetStream consumer: nothing is
-/// dropped however fast they come).
-async fn follow(js: &jetstream::Context, queue: &str) -> anyhow::Result<Arc<Mutex<Seen>>> {
+/// dropped however fast they come); `started` adds the `job_processing` events.
+async fn follow(js: &jetstream::Context, queue: &str, started: bool) -> anyhow::Result<Arc<Mutex<Seen>>> {
     let stream = js.get_stream("DISPATCH_EVENTS").await?;
+    let mut filter_subjects = vec![format!("job_complete.{queue}"), format!("job_failed.{queue}")];
+    if started {
+        filter_subjects.push(format!("job_processing.{queue}"));
+    }
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subjects: vec![
-                format!("job_processing.{queue}"),
-                format!("job_complete.{queue}"),
-                format!("job_failed.{queue}"),
-            ],
+            filter_subjects,
             deliver_policy: jetstream::consumer::DeliverPolicy::New,
             ..Default::default()
         })
@@ -272,7 +272,8 @@ async fn throughput(
     single: bool,
     pids: &[(&'static str, u32)],
 ) -> anyhow::Result<Throughput> {
-    let seen = follow(js, &args.queue).await?;
+    // Only the ends: following every start too would load NATS and this process for nothing.
+    let seen = follow(js, &args.queue, false).await?;
     let cpu_before = cpu_now(pids);
     let t0 = Instant::now();
     let first_ms = now_ms();
@@ -313,7 +314,7 @@ async fn latency(
     js: &jetstream::Context,
     dispatch_pid: Option<u32>,
 ) -> anyhow::Result<Latency> {
-    let seen = follow(js, &args.queue).await?;
+    let seen = follow(js, &args.queue, true).await?;
     let n = (args.rate * args.latency_s) as usize;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

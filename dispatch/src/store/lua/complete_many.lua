@@ -3,7 +3,7 @@
 -- ARGV: now, then 3 arguments per report: id, lease_id, result
 -- Reply: one array per report, in order: OK, fresh (1 when recorded now, 0 for a repeat),
 -- queue, type, started_at, attempt | NOT_FOUND | FAILED_PRECONDITION, reason.
-local now = tonumber(ARGV[1])
+local now = ARGV[1]
 local out = {}
 for i = 0, (#ARGV - 1) / 3 - 1 do
   local b = 1 + i * 3

@@ -3,5 +3,5 @@
 -- ARGV: id, queue, type, payload, max_attempts, b_initial, b_max, b_mult, b_jitter, timeout,
 --       run_at, idem_key, idem_ttl_ms, labels, traceparent, now
 -- Reply: OK (the caller knows the record it wrote) | EXISTS, then the existing record.
-local status, id = create_job(ARGV, tonumber(ARGV[16]))
+local status, id = create_job(ARGV, ARGV[16])
 return item_reply(status, id, nil, status == 'EXISTS')
