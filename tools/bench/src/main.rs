@@ -59,9 +59,12 @@ struct Args {
     /// Queued jobs for the memory figure (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     mem_jobs: usize,
-    /// Concurrency of the worker process started here.
+    /// Concurrency of each worker process started here.
     #[arg(long, default_value_t = 1_000)]
     worker_concurrency: usize,
+    /// Worker processes started here (CPU and RSS figures are the first one's).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Redis with its append-only file on (default: no persistence, as the peers ran).
     #[arg(long)]
     redis_aof: bool,
@@ -425,6 +428,7 @@ async fn main() -> anyhow::Result<()> {
             Stack::start(&Options {
                 redis_aof: args.redis_aof,
                 worker_concurrency: args.worker_concurrency,
+                workers: args.workers,
                 queues: vec![args.queue.clone()],
             })
             .await?

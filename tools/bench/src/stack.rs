@@ -28,8 +28,10 @@ pub struct Options {
     /// Turn on Redis's append-only file (off by default: the peers were measured without
     /// persistence).
     pub redis_aof: bool,
-    /// Concurrency of the worker process on the benchmark queues.
+    /// Concurrency of each worker process on the benchmark queues.
     pub worker_concurrency: usize,
+    /// Worker processes (the RSS and CPU figures are the first one's).
+    pub workers: usize,
     /// Queues the worker serves.
     pub queues: Vec<String>,
 }
@@ -90,13 +92,16 @@ impl Stack {
             .iter()
             .map(|q| format!("{q}={}", opts.worker_concurrency))
             .collect();
-        let worker = spawn_logged(
-            Command::new(bin("worker"))
-                .args(["--worker-id", "bench-worker", "--dispatch-url", &grpc_url])
-                .args(["--nats-url", &nats_url, "--queues", &queues.join(",")]),
-            &dir.path().join("worker.log"),
-        )?;
-        let worker_pid = worker.0.id();
+        let mut workers = Vec::new();
+        for i in 0..opts.workers.max(1) {
+            workers.push(spawn_logged(
+                Command::new(bin("worker"))
+                    .args(["--worker-id", &format!("bench-worker-{i}"), "--dispatch-url", &grpc_url])
+                    .args(["--nats-url", &nats_url, "--queues", &queues.join(",")]),
+                &dir.path().join(format!("worker-{i}.log")),
+            )?);
+        }
+        let worker_pid = workers[0].0.id();
         let stack = Stack {
             grpc_url,
             nats_url,
@@ -110,7 +115,7 @@ impl Stack {
                 ("worker", worker_pid),
                 ("bench", std::process::id()),
             ],
-            procs: vec![worker, dispatch, nats, redis],
+            procs: workers.into_iter().chain([dispatch, nats, redis]).collect(),
             _dir: Some(dir),
         };
         stack.wait_serving().await?;
