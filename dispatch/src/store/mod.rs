@@ -792,12 +792,22 @@ const OUTBOX_FIELDS: [&str; 12] = [
 
 /// Decodes a packed outbox entry into its named fields.
 fn unpack_outbox(packed: &str) -> Result<HashMap<String, String>, Error> {
-    let values: Vec<String> =
+    let values: Vec<serde_json::Value> =
         serde_json::from_str(packed).map_err(|e| Error::Corrupt(format!("outbox entry {packed:?}: {e}")))?;
     if values.len() != OUTBOX_FIELDS.len() {
         return Err(Error::Corrupt(format!("outbox entry of {} values", values.len())));
     }
-    Ok(OUTBOX_FIELDS.iter().map(|k| k.to_string()).zip(values).collect())
+    // Values are strings; a number (cjson encodes Lua numbers as such) is taken as its text.
+    let text = |v: serde_json::Value| match v {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(Error::Corrupt(format!("outbox value {other}"))),
+    };
+    OUTBOX_FIELDS
+        .iter()
+        .zip(values)
+        .map(|(k, v)| Ok((k.to_string(), text(v)?)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -814,6 +824,13 @@ mod tests {
         assert_eq!(f["tp"], "00-ab-cd-01");
         assert_eq!(f["sfx"], "");
         assert!(unpack_outbox(r#"["run","j1"]"#).is_err());
+        // A number where a string belongs is read as its text.
+        let n = unpack_outbox(r#"["run","j1","q","t",1,"QUEUED","",1700,"",0,"",":s1"]"#).unwrap();
+        assert_eq!(
+            (n["attempt"].as_str(), n["seq"].as_str(), n["sfx"].as_str()),
+            ("1", "0", ":s1")
+        );
+        assert!(unpack_outbox(r#"["run","j1","q","t",[1],"QUEUED","",1700,"",0,"",""]"#).is_err());
         assert!(unpack_outbox("not json").is_err());
         // An undecodable entry in a stream reply is dropped by the relay, not fatal to the batch.
         let reply = Value::Array(vec![Value::Array(vec![

@@ -58,7 +58,7 @@ end
 local function outbox(job, kind, attempt, now, worker_id, err, seq, msg_suffix)
   redis.call('XADD', P .. 'outbox', '*', 'm', cjson.encode({
     kind, job.id, job.queue, job.type, tostring(attempt), job.state, worker_id or '', tostring(now),
-    err or '', seq or '0', job.traceparent or '', msg_suffix or '' }))
+    err or '', tostring(seq or 0), job.traceparent or '', msg_suffix or '' }))
 end
 
 -- Records a transition: the buffered field writes and the history entry in one HSET, the
