@@ -151,7 +151,7 @@ impl WorkerService for WorkerApi {
                         // The line carries the job's own trace id, not the batch call's.
                         let trace_id = item_trace_id(spans.get(i), &reqs[i].traceparent, &job.traceparent);
                         let _in = spans.get(i).map(|s| s.enter());
-                        tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, worker_id = %job.worker_id, trace_id, "job claimed");
+                        tracing::info!(job_id = %job.id, queue = %job.queue, job_type = %job.job_type, attempt = job.attempt, worker_id = %job.worker_id, trace_id, "job claimed");
                         pb::ClaimJobResult {
                             job: Some(api::job_to_pb(&job)),
                             error: None,
@@ -215,7 +215,7 @@ impl WorkerService for WorkerApi {
                         if done.fresh {
                             let trace_id = item_trace_id(spans.get(i), &reqs[i].traceparent, "");
                             let _in = spans.get(i).map(|s| s.enter());
-                            tracing::info!(job_id = %id, queue = %done.queue, attempt = done.attempt, trace_id, "job succeeded");
+                            tracing::info!(job_id = %id, queue = %done.queue, job_type = %done.job_type, attempt = done.attempt, trace_id, "job succeeded");
                         }
                         pb::CompleteJobResult {
                             job_id: id.clone(),
