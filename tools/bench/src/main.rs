@@ -56,8 +56,8 @@ struct Args {
     /// Length of the latency run, seconds.
     #[arg(long, default_value_t = 10)]
     latency_s: u64,
-    /// Queued jobs for the memory figure (0 skips it).
-    #[arg(long, default_value_t = 10_000)]
+    /// Queued jobs for the memory figure (0 skips it), measured first, on a fresh Redis.
+    #[arg(long, default_value_t = 20_000)]
     mem_jobs: usize,
     /// Concurrency of each worker process started here.
     #[arg(long, default_value_t = 1_000)]
@@ -80,6 +80,13 @@ struct Args {
     /// Redis of a running stack (memory figures).
     #[arg(long)]
     redis_url: Option<String>,
+    /// Jobs of the warm-up before each run (batched, not measured).
+    #[arg(long, default_value_t = 1_000)]
+    warmup: usize,
+    /// Runs of the whole suite on the same stack; with more than one, a last JSON line holds
+    /// the median of each figure.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
     /// Give up waiting for a run's jobs after this long.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
@@ -125,9 +132,21 @@ struct Seen {
     failed_attempts: usize,
 }
 
+/// Events of one phase, gathered by a task that stops (and drops its consumer) with this.
+struct Follow {
+    seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Follows the events of `queue` from now on (an ordered JetStream consumer: nothing is
 /// dropped however fast they come); `started` adds the `job_processing` events.
-async fn follow(js: &jetstream::Context, queue: &str, started: bool) -> anyhow::Result<Arc<Mutex<Seen>>> {
+async fn follow(js: &jetstream::Context, queue: &str, started: bool) -> anyhow::Result<Follow> {
     let stream = js.get_stream("DISPATCH_EVENTS").await?;
     let mut filter_subjects = vec![format!("job_complete.{queue}"), format!("job_failed.{queue}")];
     if started {
@@ -143,7 +162,7 @@ async fn follow(js: &jetstream::Context, queue: &str, started: bool) -> anyhow::
     let mut messages = consumer.messages().await?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let out = seen.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(Ok(msg)) = messages.next().await {
             let Ok(ev) = pb::JobEvent::decode(msg.payload.clone()) else {
                 continue;
@@ -161,7 +180,7 @@ async fn follow(js: &jetstream::Context, queue: &str, started: bool) -> anyhow::
             }
         }
     });
-    Ok(seen)
+    Ok(Follow { seen, task })
 }
 
 /// Waits until every id has succeeded; the latest completion time.
@@ -276,7 +295,8 @@ async fn throughput(
     pids: &[(&'static str, u32)],
 ) -> anyhow::Result<Throughput> {
     // Only the ends: following every start too would load NATS and this process for nothing.
-    let seen = follow(js, &args.queue, false).await?;
+    let follow = follow(js, &args.queue, false).await?;
+    let seen = &follow.seen;
     let cpu_before = cpu_now(pids);
     let t0 = Instant::now();
     let first_ms = now_ms();
@@ -287,7 +307,7 @@ async fn throughput(
     };
     let enqueue_s = t0.elapsed().as_secs_f64();
     anyhow::ensure!(ids.len() == args.jobs, "{} of {} jobs accepted", ids.len(), args.jobs);
-    let last_ms = wait_done(&seen, &ids, Duration::from_secs(args.timeout_s)).await?;
+    let last_ms = wait_done(seen, &ids, Duration::from_secs(args.timeout_s)).await?;
     let failed_attempts = seen.lock().unwrap().failed_attempts;
     let cpu_us_per_job = cpu_now(pids)
         .into_iter()
@@ -317,7 +337,8 @@ async fn latency(
     js: &jetstream::Context,
     dispatch_pid: Option<u32>,
 ) -> anyhow::Result<Latency> {
-    let seen = follow(js, &args.queue, true).await?;
+    let follow = follow(js, &args.queue, true).await?;
+    let seen = &follow.seen;
     let n = (args.rate * args.latency_s) as usize;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -339,7 +360,7 @@ async fn latency(
     }
     let rss_after = dispatch_pid.and_then(rss_mb).map(|r| r.0);
     let ids: Vec<String> = created.iter().map(|(id, _)| id.clone()).collect();
-    wait_done(&seen, &ids, Duration::from_secs(args.timeout_s)).await?;
+    wait_done(seen, &ids, Duration::from_secs(args.timeout_s)).await?;
     let s = seen.lock().unwrap();
     let mut start = Vec::with_capacity(n);
     let mut done = Vec::with_capacity(n);
@@ -384,10 +405,11 @@ async fn memory(args: &Args, client: &JobServiceClient<Channel>, redis_url: &str
     outbox_empty(redis.clone()).await?;
     let after = used_memory(&redis).await?;
     let payload_bytes = serde_json::to_string(&payload(0))?.len() as f64;
-    if args.grpc_url.is_some() {
-        // A running stack keeps its data: take the idle jobs away again.
+    {
+        // Take the idle jobs away again: left QUEUED, the sweeper would re-publish their run
+        // messages after a minute, in the middle of the runs that follow.
         futures::stream::iter(ids)
-            .for_each_concurrent(32, |id| {
+            .for_each_concurrent(64, |id| {
                 let mut c = client.clone();
                 async move {
                     let _ = c
@@ -434,12 +456,31 @@ async fn main() -> anyhow::Result<()> {
             .await?
         }
     };
-    let result = run(&args, &stack).await;
+    let mut results = Vec::new();
+    let mut outcome = Ok(());
+    for i in 0..args.runs.max(1) {
+        if args.runs > 1 {
+            println!("== run {} of {}", i + 1, args.runs);
+        }
+        match run(&args, &stack).await {
+            Ok(json) => results.push(json),
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
     stack.stop();
-    result
+    outcome?;
+    if results.len() > 1 {
+        // The last line stays one JSON object: here the median of each figure.
+        println!("median of {} runs:", results.len());
+        println!("{}", stats::median_json(&results));
+    }
+    Ok(())
 }
 
-async fn run(args: &Args, stack: &Stack) -> anyhow::Result<()> {
+async fn run(args: &Args, stack: &Stack) -> anyhow::Result<serde_json::Value> {
     let client = JobServiceClient::connect(stack.grpc_url.clone())
         .await?
         .max_decoding_message_size(64 << 20);
@@ -449,9 +490,16 @@ async fn run(args: &Args, stack: &Stack) -> anyhow::Result<()> {
         args.jobs, args.batch, args.callers, args.single_jobs, args.single_callers, args.rate, args.latency_s
     );
 
-    // Warm-up: connections, scripts, consumers.
+    // Memory first, on the freshest Redis: later, one of Redis's table doublings (which it
+    // does at powers of two keys) can fall inside the measured window and be charged to it.
+    let bytes_per_job = match (&stack.redis_url, args.mem_jobs) {
+        (Some(url), n) if n > 0 => Some(memory(args, &client, url).await?),
+        _ => None,
+    };
+
+    // Warm-up: connections, scripts, consumers, memory.
     let warm = Args {
-        jobs: args.jobs.min(1_000),
+        jobs: args.warmup.max(1),
         ..args.clone()
     };
     throughput(&warm, &client, &js, false, &stack.pids).await?;
@@ -470,10 +518,6 @@ async fn run(args: &Args, stack: &Stack) -> anyhow::Result<()> {
         Some(latency(args, &client, &js, stack.dispatch_pid).await?)
     } else {
         None
-    };
-    let bytes_per_job = match (&stack.redis_url, args.mem_jobs) {
-        (Some(url), n) if n > 0 => Some(memory(args, &client, url).await?),
-        _ => None,
     };
     let dispatch_rss = stack.dispatch_pid.and_then(rss_mb);
     let worker_rss = stack.worker_pid.and_then(rss_mb);
@@ -536,5 +580,5 @@ async fn run(args: &Args, stack: &Stack) -> anyhow::Result<()> {
     });
     println!("{json}");
     anyhow::ensure!(failed == 0, "{failed} attempts failed");
-    Ok(())
+    Ok(json)
 }

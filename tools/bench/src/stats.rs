@@ -25,6 +25,32 @@ pub fn rate(n: usize, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
 
+/// The median of each numeric field across `runs` (objects with the same keys); a field that
+/// is not a number in every run is taken from the first.
+pub fn median_json(runs: &[serde_json::Value]) -> serde_json::Value {
+    let Some(serde_json::Value::Object(first)) = runs.first() else {
+        return serde_json::Value::Null;
+    };
+    let out = first
+        .iter()
+        .map(|(k, v)| {
+            let mut xs: Vec<f64> = runs.iter().filter_map(|r| r.get(k)?.as_f64()).collect();
+            if xs.len() != runs.len() {
+                return (k.clone(), v.clone());
+            }
+            xs.sort_by(f64::total_cmp);
+            let n = xs.len();
+            let m = if n % 2 == 1 {
+                xs[n / 2]
+            } else {
+                (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+            };
+            (k.clone(), serde_json::json!(m))
+        })
+        .collect();
+    serde_json::Value::Object(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +66,22 @@ mod tests {
         assert_eq!(summary(vec![3.0, 1.0, 2.0]), [2.0, 3.0, 3.0, 3.0]);
         assert_eq!(rate(100, 0.5), 200.0);
         assert_eq!(rate(1, 0.0), 0.0);
+    }
+
+    #[test]
+    fn median_of_runs_per_field() {
+        let runs = [
+            serde_json::json!({"e2e": 3.0, "p99": 7.0, "rss": null}),
+            serde_json::json!({"e2e": 1.0, "p99": 4.0, "rss": null}),
+            serde_json::json!({"e2e": 2.0, "p99": 3.0, "rss": null}),
+        ];
+        assert_eq!(
+            median_json(&runs),
+            serde_json::json!({"e2e": 2.0, "p99": 4.0, "rss": null})
+        );
+        assert_eq!(
+            median_json(&runs[..2]),
+            serde_json::json!({"e2e": 2.0, "p99": 5.5, "rss": null})
+        );
     }
 }
