@@ -57,7 +57,19 @@ impl Shared {
 /// (gRPC metadata, or the HTTP header through the REST gateway). Job fields are recorded
 /// once known ([`note_job`]); they become span attributes and log fields.
 fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
-    let span = tracing::info_span!(
+    let span = server_span(method);
+    let caller = metadata.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
+    dispatch_telemetry::set_parent(&span, caller);
+    let trace_id = dispatch_telemetry::trace_id(&span, caller);
+    if !trace_id.is_empty() {
+        span.record("trace_id", trace_id.as_str());
+    }
+    span
+}
+
+/// A server span for `method`, its job fields still empty.
+fn server_span(method: &'static str) -> tracing::Span {
+    tracing::info_span!(
         "rpc",
         otel.name = method,
         otel.kind = "server",
@@ -68,14 +80,7 @@ fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
         job_type = tracing::field::Empty,
         attempt = tracing::field::Empty,
         trace_id = tracing::field::Empty,
-    );
-    let caller = metadata.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
-    dispatch_telemetry::set_parent(&span, caller);
-    let trace_id = dispatch_telemetry::trace_id(&span, caller);
-    if !trace_id.is_empty() {
-        span.record("trace_id", trace_id.as_str());
-    }
-    span
+    )
 }
 
 /// One server span per item of a batch call, each a child of its item's trace context (the
@@ -92,18 +97,7 @@ fn item_spans<'a>(
     let call = metadata.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
     traceparents
         .map(|tp| {
-            let span = tracing::info_span!(
-                "rpc",
-                otel.name = method,
-                otel.kind = "server",
-                rpc.system = "grpc",
-                rpc.method = method,
-                job_id = tracing::field::Empty,
-                queue = tracing::field::Empty,
-                job_type = tracing::field::Empty,
-                attempt = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-            );
+            let span = server_span(method);
             dispatch_telemetry::set_parent(&span, if tp.is_empty() { call } else { tp });
             span
         })

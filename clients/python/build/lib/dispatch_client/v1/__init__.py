@@ -1,1 +1,0 @@
-"""Generated from proto/dispatch/v1 by tools/gen-clients.sh. Do not edit."""
