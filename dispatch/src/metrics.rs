@@ -176,30 +176,28 @@ impl Metrics {
 
     /// Counts a success recorded by a batch report (repeats excluded).
     pub fn on_complete(&self, c: &crate::store::Completed) {
-        if !c.fresh {
-            return;
+        if c.fresh {
+            self.on_end(&c.queue, &c.job_type, State::Succeeded, c.started_at_ms);
         }
-        let labels = [c.queue.as_str(), c.job_type.as_str()];
-        if let Some(s) = c.started_at_ms {
-            self.run_time
-                .with_label_values(&labels)
-                .observe(now_ms().saturating_sub(s) as f64 / 1000.0);
-        }
-        self.succeeded.with_label_values(&labels).inc();
     }
 
     /// Counts the end of an attempt reported by a worker (`started_ms` from before the report).
     pub fn on_report(&self, job: &JobRecord, started_ms: Option<u64>) {
-        let labels = [job.queue.as_str(), job.job_type.as_str()];
+        self.on_end(&job.queue, &job.job_type, job.state, started_ms);
+    }
+
+    /// Counts an attempt that ended with the job in `state`.
+    fn on_end(&self, queue: &str, job_type: &str, state: State, started_ms: Option<u64>) {
+        let labels = [queue, job_type];
         if let Some(s) = started_ms {
             self.run_time
                 .with_label_values(&labels)
                 .observe(now_ms().saturating_sub(s) as f64 / 1000.0);
         }
-        match job.state {
+        match state {
             State::Succeeded => self.succeeded.with_label_values(&labels).inc(),
             State::Failed => self.failed.with_label_values(&labels).inc(),
-            State::Cancelled => self.cancelled.with_label_values(&[&job.queue]).inc(),
+            State::Cancelled => self.cancelled.with_label_values(&[queue]).inc(),
             State::Scheduled | State::Queued => self.retries.with_label_values(&labels).inc(),
             State::Running => {}
         }

@@ -191,6 +191,7 @@ impl Puller {
 /// A pulled message with the concurrency slot it will run in.
 type Pulled = (jetstream::Message, OwnedSemaphorePermit);
 
+#[derive(Clone)]
 struct JobRunner {
     client: Client,
     handlers: Handlers,
@@ -293,17 +294,10 @@ impl JobRunner {
                         drop(permit);
                     });
                 }
-                (None, Some(e)) if refused(Code::from(e.code)) => {
-                    let _g = span.enter();
-                    tracing::debug!(reason = %e.message, "claim refused; message dropped");
-                    self.metrics.claims_refused.with_label_values(&[&run.queue]).inc();
-                    let _ = msg.ack().await;
-                }
                 (None, e) => {
-                    let _g = span.enter();
-                    tracing::warn!(error = ?e, "claim failed; message will be redelivered");
-                    self.metrics.errors.with_label_values(&["claim"]).inc();
-                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    let (code, reason) = e.map_or((Code::Internal, String::new()), |e| (Code::from(e.code), e.message));
+                    let settle = self.not_claimed(&run.queue, msg, code, &reason);
+                    tracing::Instrument::instrument(settle, span).await;
                 }
             }
         }
@@ -342,13 +336,8 @@ impl JobRunner {
             span.record("trace_id", trace_id.as_str());
         }
         let runner = JobRunner {
-            client: self.client.clone(),
-            handlers: self.handlers.clone(),
-            cfg: self.cfg.clone(),
-            hand_back: self.hand_back.clone(),
-            metrics: self.metrics.clone(),
-            reporter: self.reporter.clone(),
             traceparent: dispatch_telemetry::traceparent(&span).unwrap_or(sent),
+            ..self.clone()
         };
         Some((runner, run, span))
     }
@@ -372,20 +361,33 @@ impl JobRunner {
                     None => return,
                 }
             }
-            Err(s) if refused(s.code()) || s.code() == Code::InvalidArgument => {
-                tracing::debug!(reason = %s.message(), "claim refused; message dropped");
-                self.metrics.claims_refused.with_label_values(&[&run.queue]).inc();
-                let _ = msg.ack().await;
-                return;
-            }
             Err(s) => {
-                tracing::warn!(error = %s, "claim failed; message will be redelivered");
-                self.metrics.errors.with_label_values(&["claim"]).inc();
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                // Alone, an invalid claim is the message's fault: drop it.
+                let code = if s.code() == Code::InvalidArgument {
+                    Code::FailedPrecondition
+                } else {
+                    s.code()
+                };
+                self.not_claimed(&run.queue, msg, code, s.message()).await;
                 return;
             }
         };
         self.run_claimed(job).await;
+    }
+
+    /// Settles the run message of a claim that was not granted: acked and dropped when the
+    /// job moved on without it (`FAILED_PRECONDITION`, `NOT_FOUND`), else handed back to NATS
+    /// for redelivery.
+    async fn not_claimed(&self, queue: &str, msg: jetstream::Message, code: Code, reason: &str) {
+        if matches!(code, Code::FailedPrecondition | Code::NotFound) {
+            tracing::debug!(reason, "claim refused; message dropped");
+            self.metrics.claims_refused.with_label_values(&[queue]).inc();
+            let _ = msg.ack().await;
+        } else {
+            tracing::warn!(?code, reason, "claim failed; message will be redelivered");
+            self.metrics.errors.with_label_values(&["claim"]).inc();
+            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
     }
 
     /// Runs a claimed job and reports its outcome.
@@ -535,11 +537,6 @@ impl JobRunner {
             Err(s) => tracing::warn!(job_id = %job.id, attempt = job.attempt, error = %s, "failure not recorded"),
         }
     }
-}
-
-/// A claim refusal that means "drop the message": the job moved on without it.
-fn refused(code: Code) -> bool {
-    matches!(code, Code::FailedPrecondition | Code::NotFound)
 }
 
 /// Retries a report while dispatch is unreachable (about 30 s in all); other errors are final.

@@ -86,9 +86,7 @@ pub struct OutboxEntry {
 
 struct Scripts {
     create: Script,
-    create_many: Script,
     claim: Script,
-    claim_many: Script,
     complete_many: Script,
     heartbeat: Script,
     complete: Script,
@@ -106,9 +104,7 @@ impl Scripts {
         let s = |body: &str| Script::from_lua(format!("{lib}\n{body}"));
         Scripts {
             create: s(include_str!("lua/create.lua")),
-            create_many: s(include_str!("lua/create_many.lua")),
             claim: s(include_str!("lua/claim.lua")),
-            claim_many: s(include_str!("lua/claim_many.lua")),
             complete_many: s(include_str!("lua/complete_many.lua")),
             heartbeat: s(include_str!("lua/heartbeat.lua")),
             complete: s(include_str!("lua/complete.lua")),
@@ -165,9 +161,7 @@ impl Store {
         let scripts = Scripts::new();
         for s in [
             &scripts.create,
-            &scripts.create_many,
             &scripts.claim,
-            &scripts.claim_many,
             &scripts.complete_many,
             &scripts.heartbeat,
             &scripts.complete,
@@ -226,11 +220,10 @@ impl Store {
 
     /// Creates a job (or returns the existing one for an open idempotency key).
     pub async fn create(&self, id: &str, job: &NewJob, idempotency_window_ms: u64) -> Result<Created, Error> {
-        let now = now_ms();
-        let mut args = create_args(id, job, idempotency_window_ms, now);
-        args.push(now.to_string());
-        let reply = self.run(&self.scripts.create, args).await?;
-        Self::created(id, job, now, reply)
+        let mut created = self
+            .create_many(&[id.to_string()], std::slice::from_ref(job), idempotency_window_ms)
+            .await?;
+        created.pop().ok_or_else(|| Error::Corrupt("empty create reply".into()))
     }
 
     /// A create script's reply: `OK` (the record is the one written, built here) or `EXISTS`
@@ -262,7 +255,7 @@ impl Store {
         for (id, job) in ids.iter().zip(jobs) {
             args.extend(create_args(id, job, idempotency_window_ms, now));
         }
-        let items = self.run_many(&self.scripts.create_many, args, jobs.len()).await?;
+        let items = self.run_many(&self.scripts.create, args, jobs.len()).await?;
         items
             .into_iter()
             .zip(ids.iter().zip(jobs))
@@ -301,7 +294,7 @@ impl Store {
                 (now + c.lease_ms).to_string(),
             ]);
         }
-        let items = self.run_many(&self.scripts.claim_many, args, claims.len()).await?;
+        let items = self.run_many(&self.scripts.claim, args, claims.len()).await?;
         Ok(items
             .into_iter()
             .zip(claims)
@@ -337,31 +330,7 @@ impl Store {
             })
             .collect())
     }
-}
 
-/// The create script's 15 arguments for one job (without `now`).
-fn create_args(id: &str, job: &NewJob, idempotency_window_ms: u64, now: u64) -> Vec<String> {
-    let run_at = job.run_at_ms.unwrap_or(now + job.delay_ms);
-    vec![
-        id.to_string(),
-        job.queue.clone(),
-        job.job_type.clone(),
-        job.payload.clone(),
-        job.max_attempts.to_string(),
-        job.backoff.initial_ms.to_string(),
-        job.backoff.max_ms.to_string(),
-        job.backoff.multiplier.to_string(),
-        job.backoff.jitter.to_string(),
-        job.timeout_ms.to_string(),
-        run_at.to_string(),
-        job.idempotency_key.clone(),
-        idempotency_window_ms.to_string(),
-        serde_json::to_string(&job.labels).unwrap_or_else(|_| "{}".into()),
-        job.traceparent.clone(),
-    ]
-}
-
-impl Store {
     /// Reads one job.
     pub async fn get(&self, id: &str) -> Result<JobRecord, Error> {
         self.get_many(&[id.to_string()])
@@ -379,16 +348,17 @@ impl Store {
         lease_id: &str,
         lease_ms: u64,
     ) -> Result<JobRecord, Error> {
-        let now = now_ms();
-        let args = vec![
-            id.to_string(),
-            attempt.to_string(),
-            worker_id.to_string(),
-            lease_id.to_string(),
-            (now + lease_ms).to_string(),
-            now.to_string(),
-        ];
-        Ok(Self::record(id, self.run(&self.scripts.claim, args).await?)?.1)
+        let claim = Claim {
+            id: id.to_string(),
+            attempt,
+            worker_id: worker_id.to_string(),
+            lease_id: lease_id.to_string(),
+            lease_ms,
+        };
+        self.claim_many(std::slice::from_ref(&claim))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Corrupt("empty claim reply".into()))?
     }
 
     /// Extends the lease, records progress (JSON text) when given.
@@ -720,6 +690,27 @@ impl Store {
         .and_then(|id| id.split('-').next().and_then(|ms| ms.parse().ok()));
         Ok((len, oldest))
     }
+}
+
+/// The create script's 15 arguments for one job (without `now`).
+fn create_args(id: &str, job: &NewJob, idempotency_window_ms: u64, now: u64) -> Vec<String> {
+    vec![
+        id.to_string(),
+        job.queue.clone(),
+        job.job_type.clone(),
+        job.payload.clone(),
+        job.max_attempts.to_string(),
+        job.backoff.initial_ms.to_string(),
+        job.backoff.max_ms.to_string(),
+        job.backoff.multiplier.to_string(),
+        job.backoff.jitter.to_string(),
+        job.timeout_ms.to_string(),
+        job.run_at(now).to_string(),
+        job.idempotency_key.clone(),
+        idempotency_window_ms.to_string(),
+        serde_json::to_string(&job.labels).unwrap_or_else(|_| "{}".into()),
+        job.traceparent.clone(),
+    ]
 }
 
 /// The error for a script's refusal reply (`NOT_FOUND`, or `FAILED_PRECONDITION` + reason).

@@ -78,10 +78,15 @@ pub struct NewJob {
 }
 
 impl NewJob {
+    /// When the job is due, for a job created at `now`.
+    pub fn run_at(&self, now: u64) -> u64 {
+        self.run_at_ms.unwrap_or(now + self.delay_ms)
+    }
+
     /// The record `create.lua` writes for this job at `now` (so the script need not send it
     /// back).
     pub fn record(&self, id: &str, now: u64) -> JobRecord {
-        let run_at = self.run_at_ms.unwrap_or(now + self.delay_ms);
+        let run_at = self.run_at(now);
         JobRecord {
             id: id.to_string(),
             queue: self.queue.clone(),

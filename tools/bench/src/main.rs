@@ -207,8 +207,9 @@ async fn wait_done(seen: &Mutex<Seen>, ids: &[String], timeout: Duration) -> any
     }
 }
 
-/// Submits `n` jobs in batches from `callers` concurrent callers; returns their ids.
-async fn submit_batched(
+/// Submits `n` jobs from `callers` concurrent callers, `batch` per `CreateJobs` call, or one
+/// `CreateJob` call each when `batch` is 0; returns their ids.
+async fn submit(
     client: &JobServiceClient<Channel>,
     queue: &str,
     n: usize,
@@ -222,45 +223,20 @@ async fn submit_batched(
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             loop {
-                let start = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
+                let start = next.fetch_add(batch.max(1), std::sync::atomic::Ordering::Relaxed);
                 if start >= n {
                     return Ok::<_, anyhow::Error>(ids);
+                }
+                if batch == 0 {
+                    let r = c.create_job(job_request(&queue, start)).await?.into_inner();
+                    ids.extend(r.job.map(|j| j.id));
+                    continue;
                 }
                 let jobs = (start..(start + batch).min(n))
                     .map(|i| job_request(&queue, i))
                     .collect();
                 let r = c.create_jobs(pb::CreateJobsRequest { jobs }).await?.into_inner();
                 ids.extend(r.results.into_iter().filter_map(|r| r.job).map(|j| j.id));
-            }
-        }));
-    }
-    let mut ids = Vec::with_capacity(n);
-    for t in tasks {
-        ids.extend(t.await??);
-    }
-    Ok(ids)
-}
-
-/// Submits `n` jobs one CreateJob call each from `callers` concurrent callers.
-async fn submit_single(
-    client: &JobServiceClient<Channel>,
-    queue: &str,
-    n: usize,
-    callers: usize,
-) -> anyhow::Result<Vec<String>> {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..callers.max(1) {
-        let (mut c, next, queue) = (client.clone(), next.clone(), queue.to_string());
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
-                    return Ok::<_, anyhow::Error>(ids);
-                }
-                let r = c.create_job(job_request(&queue, i)).await?.into_inner();
-                ids.extend(r.job.map(|j| j.id));
             }
         }));
     }
@@ -301,9 +277,9 @@ async fn throughput(
     let t0 = Instant::now();
     let first_ms = now_ms();
     let ids = if single {
-        submit_single(client, &args.queue, args.jobs, args.single_callers).await?
+        submit(client, &args.queue, args.jobs, 0, args.single_callers).await?
     } else {
-        submit_batched(client, &args.queue, args.jobs, args.batch, args.callers).await?
+        submit(client, &args.queue, args.jobs, args.batch, args.callers).await?
     };
     let enqueue_s = t0.elapsed().as_secs_f64();
     anyhow::ensure!(ids.len() == args.jobs, "{} of {} jobs accepted", ids.len(), args.jobs);
@@ -401,7 +377,7 @@ async fn memory(args: &Args, client: &JobServiceClient<Channel>, redis_url: &str
     };
     outbox_empty(redis.clone()).await?;
     let before = used_memory(&redis).await?;
-    let ids = submit_batched(client, &queue, args.mem_jobs, args.batch, 1).await?;
+    let ids = submit(client, &queue, args.mem_jobs, args.batch.max(1), 1).await?;
     outbox_empty(redis.clone()).await?;
     let after = used_memory(&redis).await?;
     let payload_bytes = serde_json::to_string(&payload(0))?.len() as f64;

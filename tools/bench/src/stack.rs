@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use dispatch_testkit::{Proc, bin, free_port, nats_server_bin, spawn_redis_with, wait_ready};
+use dispatch_testkit::{Proc, Servers, bin, free_port, start_servers};
 
 /// Where the stack is, and the processes this run started (stopped on drop).
 pub struct Stack {
@@ -54,28 +54,13 @@ impl Stack {
     /// Starts Redis, NATS, dispatch and one worker process on free loopback ports.
     pub async fn start(opts: &Options) -> anyhow::Result<Stack> {
         let dir = tempfile::tempdir()?;
-        let (redis_port, nats_port, grpc_port, http_port) = (free_port(), free_port(), free_port(), free_port());
-        let mut redis = spawn_redis_with(dir.path(), redis_port, opts.redis_aof);
-        let mut nats = Proc(
-            Command::new(nats_server_bin())
-                .args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"])
-                .arg(dir.path().join("js"))
-                .arg("-l")
-                .arg(dir.path().join("nats.log"))
-                .spawn()?,
-        );
-        wait_ready(
-            &mut redis,
-            &dir.path().join("redis.log"),
-            "Ready to accept connections",
-            "redis-server",
-        );
-        wait_ready(
-            &mut nats,
-            &dir.path().join("nats.log"),
-            "Server is ready",
-            "nats-server",
-        );
+        let Servers {
+            redis,
+            nats,
+            redis_port,
+            nats_port,
+        } = start_servers(dir.path(), opts.redis_aof);
+        let (grpc_port, http_port) = (free_port(), free_port());
         let redis_url = format!("redis://127.0.0.1:{redis_port}");
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
         let grpc_url = format!("http://127.0.0.1:{grpc_port}");

@@ -90,7 +90,7 @@ impl Drop for Proc {
 
 /// Starts nats-server with JetStream on `port`, storing under `dir/js`, logging to
 /// `dir/nats.log` (appended, so a restart adds to it).
-pub fn spawn_nats(dir: &std::path::Path, port: u16) -> Proc {
+fn spawn_nats(dir: &std::path::Path, port: u16) -> Proc {
     Proc(
         Command::new(nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
@@ -154,6 +154,35 @@ pub fn worker_bin() -> PathBuf {
     bin("worker")
 }
 
+/// A redis-server and a nats-server (JetStream) on free loopback ports, ready.
+pub struct Servers {
+    pub redis: Proc,
+    pub nats: Proc,
+    pub redis_port: u16,
+    pub nats_port: u16,
+}
+
+/// Starts Redis (AOF on when `aof`) and NATS with their data and logs under `dir`, and waits
+/// until both are ready.
+pub fn start_servers(dir: &std::path::Path, aof: bool) -> Servers {
+    let (redis_port, nats_port) = (free_port(), free_port());
+    let mut redis = spawn_redis_with(dir, redis_port, aof);
+    let mut nats = spawn_nats(dir, nats_port);
+    wait_ready(
+        &mut redis,
+        &dir.join("redis.log"),
+        "Ready to accept connections",
+        "redis-server",
+    );
+    wait_ready(&mut nats, &dir.join("nats.log"), "Server is ready", "nats-server");
+    Servers {
+        redis,
+        nats,
+        redis_port,
+        nats_port,
+    }
+}
+
 /// Redis + NATS + dispatch, for one test.
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -196,22 +225,12 @@ impl Stack {
     /// Like [`Stack::start`], with a change to the test configuration.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Stack {
         let dir = tempfile::tempdir().unwrap();
-        let redis_port = free_port();
-        let nats_port = free_port();
-        let mut redis = spawn_redis(dir.path(), redis_port);
-        let mut nats = spawn_nats(dir.path(), nats_port);
-        wait_ready(
-            &mut redis,
-            &dir.path().join("redis.log"),
-            "Ready to accept connections",
-            "redis-server",
-        );
-        wait_ready(
-            &mut nats,
-            &dir.path().join("nats.log"),
-            "Server is ready",
-            "nats-server",
-        );
+        let Servers {
+            redis,
+            nats,
+            redis_port,
+            nats_port,
+        } = start_servers(dir.path(), true);
         let mut config = test_config(redis_port, nats_port);
         tweak(&mut config);
         let running = match dispatch::start(config.clone()).await {

@@ -150,7 +150,7 @@ end
 -- Queues already added to the queue set by this script run.
 local seen_queues = {}
 
--- Creates one job (see create.lua for the arguments, a[1..15] there, plus now).
+-- Creates one job from the 15 arguments a[1..15] of create.lua, at `now`.
 -- Returns 'OK' or 'EXISTS', and the id of the job (the existing one for 'EXISTS').
 local function create_job(a, now)
   local id, queue = a[1], a[2]
