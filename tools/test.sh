@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then format, lint, proto lint and breaking-change
 # check, the drift check of the generated clients, every Rust test (unit and integration on real
-# redis-server and nats-server), a short loadcheck, a smoke run of the benchmark, and on one
+# redis-server and nats-server; lifecycle and protocol again on a Redis Cluster), a short
+# loadcheck on one Redis and on a cluster, a smoke run of the benchmark, and on one
 # `make run` stack: the smoke test (grpcurl, the docs' curl examples, schemathesis) and the
 # Python, TypeScript and Go clients' tests.
 set -euo pipefail
@@ -14,8 +15,12 @@ echo "== buf lint"; .tools/node/node_modules/.bin/buf lint
 echo "== buf breaking (against main)"; .tools/node/node_modules/.bin/buf breaking --against '.git#branch=main'
 echo "== cargo test"; cargo build --bins  # the chaos tests run the worker binary
 cargo test --workspace
+echo "== lifecycle and protocol suites on a 3-master Redis Cluster"
+DISPATCH_TEST_REDIS=cluster cargo test -p dispatch --test lifecycle --test protocol
 echo "== loadcheck (short: 1000 jobs, a worker killed every second, NATS restarted every 3 s)"
 ./target/debug/loadcheck --jobs 1000 --kill-every-ms 1000 --nats-restart-every-ms 3000
+echo "== loadcheck on a 3-master Redis Cluster (1000 jobs, a worker killed every second)"
+DISPATCH_TEST_REDIS=cluster ./target/debug/loadcheck --jobs 1000 --kill-every-ms 1000
 echo "== bench smoke (2,000 jobs batched, 500 singly, 2 s at 200/s, memory: every job must succeed; no timing asserted)"
 ./target/debug/bench --jobs 2000 --single-jobs 500 --latency-s 2 --rate 200 --mem-jobs 1000 --timeout-s 120
 echo "== generated clients match the proto"; tools/gen-clients.sh --check

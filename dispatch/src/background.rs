@@ -1,79 +1,218 @@
-//! Background loops. Each step is one atomic Redis script, so any number of dispatch
-//! replicas can run them at once without promoting, reaping or sweeping a job twice.
+//! Background loops. Each write is one atomic Redis script that checks its job again, so any
+//! number of dispatch replicas can run them at once without promoting, reaping, expiring or
+//! re-publishing a job twice.
 //!
-//! - scheduler: due SCHEDULED jobs (delayed, or in backoff) → QUEUED with a run message;
-//! - reaper: RUNNING jobs whose lease expired → a failed attempt (retry, FAILED, CANCELLED);
-//! - sweeper: QUEUED jobs unclaimed for `sweep_after_ms` get their run message written again.
+//! - timers (every `scheduler_interval_ms`, each partition): due SCHEDULED jobs (delayed, or
+//!   in backoff) → QUEUED with a run message; RUNNING jobs whose lease expired → a failed
+//!   attempt; finished jobs past their retention → deleted (see tick.lua).
+//! - sweeper (every `sweeper_interval_ms`): a queue whose run stream holds fewer messages than
+//!   it has QUEUED jobs is scanned, and each QUEUED job whose run message is really missing
+//!   (for longer than `sweep_after_ms`) gets it written again. A backlog waiting for workers
+//!   has its messages in the stream and costs one stream-info call per sweep.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use async_nats::jetstream;
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Loops;
+use crate::config::{Loops, Streams};
 use crate::metrics::Metrics;
-use crate::store::{self, Store};
+use crate::relay::Wake;
+use crate::store::{self, Partition, Store, SweepCandidate};
 
+/// Jobs per script call.
 const BATCH: usize = 500;
+/// QUEUED jobs of one queue looked at per sweep.
+const SWEEP_SCAN: usize = 20_000;
 
-/// Runs the three loops until `shutdown`; `wake` is notified when they wrote to the outbox.
-pub async fn run(store: Store, cfg: Loops, wake: Arc<Notify>, metrics: Metrics, shutdown: CancellationToken) {
-    let s1 = store.clone();
-    let s2 = store.clone();
-    let s3 = store;
-    tokio::join!(
-        every(
-            "scheduler",
-            cfg.scheduler_interval_ms,
-            wake.clone(),
-            shutdown.clone(),
-            move || {
-                let s = s1.clone();
-                async move { s.promote_due(BATCH).await }
-            }
-        ),
-        every(
-            "reaper",
-            cfg.reaper_interval_ms,
-            wake.clone(),
-            shutdown.clone(),
-            move || {
-                let s = s2.clone();
-                let m = metrics.clone();
-                async move {
-                    let n = s.reap_expired(BATCH).await?;
-                    m.lease_expiries.inc_by(n);
-                    Ok(n)
-                }
-            }
-        ),
-        every("sweeper", cfg.sweeper_interval_ms, wake, shutdown, move || {
-            let s = s3.clone();
-            let age = cfg.sweep_after_ms;
-            async move { s.sweep_queued(age, BATCH).await }
-        }),
-    );
+/// Runs the loops until `shutdown`; `wake` is notified when they wrote to an outbox.
+pub async fn run(
+    store: Store,
+    js: jetstream::Context,
+    cfg: Loops,
+    streams: Streams,
+    wake: Wake,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let timers: Vec<_> = store
+        .layout()
+        .all()
+        .map(|p| {
+            let (store, wake, metrics) = (store.clone(), wake.clone(), metrics.clone());
+            every("timers", cfg.scheduler_interval_ms, shutdown.clone(), move || {
+                let (store, wake, metrics) = (store.clone(), wake.clone(), metrics.clone());
+                async move { timers_step(&store, p, &wake, &metrics).await }
+            })
+        })
+        .collect();
+    let sweeper = every("sweeper", cfg.sweeper_interval_ms, shutdown.clone(), move || {
+        let (store, js, wake, metrics) = (store.clone(), js.clone(), wake.clone(), metrics.clone());
+        let (age, run_stream) = (cfg.sweep_after_ms, streams.run_stream.clone());
+        async move {
+            let n = sweep(&store, &js, &run_stream, age, &wake).await?;
+            metrics.run_messages_rewritten.inc_by(n);
+            Ok(false)
+        }
+    });
+    tokio::join!(futures::future::join_all(timers), sweeper);
 }
 
-/// Calls `step` every `interval_ms`, and again at once while it finds a full batch.
-async fn every<F, Fut>(name: &'static str, interval_ms: u64, wake: Arc<Notify>, shutdown: CancellationToken, step: F)
+/// Handles due timers of partition `p` until fewer than a batch are due. Returns whether a
+/// whole batch was handled (more may be due).
+async fn timers_step(store: &Store, p: Partition, wake: &Wake, metrics: &Metrics) -> Result<bool, Failure> {
+    let t = store.tick(p, BATCH).await?;
+    if t.promoted + t.reaped > 0 {
+        wake.partition(p);
+        tracing::debug!(
+            partition = p.0,
+            promoted = t.promoted,
+            reaped = t.reaped,
+            "timers moved jobs"
+        );
+    }
+    metrics.lease_expiries.inc_by(t.reaped);
+    metrics.expired.inc_by(t.expired);
+    Ok(t.due >= BATCH)
+}
+
+/// Why a loop step failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("run stream: {0}")]
+    Nats(String),
+}
+
+/// One sweep over every queue. Returns the run messages written again.
+async fn sweep(
+    store: &Store,
+    js: &jetstream::Context,
+    run_stream: &str,
+    age_ms: u64,
+    wake: &Wake,
+) -> Result<u64, Failure> {
+    let counts = store.queue_counts().await?;
+    let queued: Vec<(String, u64)> = counts
+        .into_iter()
+        .map(|q| {
+            let n = q.counts.get("QUEUED").copied().unwrap_or(0);
+            (q.name, n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    if queued.is_empty() {
+        return Ok(0);
+    }
+    let stream = js
+        .get_stream(run_stream)
+        .await
+        .map_err(|e| Failure::Nats(e.to_string()))?;
+    let in_stream = subject_counts(&stream).await?;
+    let mut written = 0;
+    for (queue, n) in queued {
+        let subject = format!("job_run.{queue}");
+        let held = in_stream.get(&subject).copied().unwrap_or(0);
+        if held >= n {
+            continue;
+        }
+        // Fewer messages than QUEUED jobs: find out which jobs lack theirs.
+        let present = if held > 0 {
+            messages_of(&stream, &subject, held).await?
+        } else {
+            HashMap::new()
+        };
+        let ids = store.queued_ids(&queue, SWEEP_SCAN).await?;
+        let mut by_partition: HashMap<Partition, Vec<SweepCandidate>> = HashMap::new();
+        for id in ids {
+            let attempts_in_stream = present.get(&id).cloned().unwrap_or_default();
+            by_partition
+                .entry(store.layout().partition_of(&id))
+                .or_default()
+                .push(SweepCandidate { id, attempts_in_stream });
+        }
+        for (p, jobs) in by_partition {
+            let mut n_p = 0;
+            for chunk in jobs.chunks(BATCH) {
+                n_p += store.sweep(p, age_ms, chunk).await?;
+            }
+            if n_p > 0 {
+                wake.partition(p);
+                tracing::info!(queue = %queue, partition = p.0, jobs = n_p, "run messages missing from the run stream written again");
+            }
+            written += n_p;
+        }
+    }
+    Ok(written)
+}
+
+/// Messages per subject in the run stream.
+async fn subject_counts(stream: &jetstream::stream::Stream) -> Result<HashMap<String, u64>, Failure> {
+    let mut info = stream
+        .info_with_subjects("job_run.>")
+        .await
+        .map_err(|e| Failure::Nats(e.to_string()))?;
+    let mut counts = HashMap::new();
+    while let Some(item) = info.next().await {
+        let (subject, n) = item.map_err(|e| Failure::Nats(e.to_string()))?;
+        counts.insert(subject, n as u64);
+    }
+    Ok(counts)
+}
+
+/// The (job id → attempts) of the run messages the stream holds on `subject` (`expected` of
+/// them), read as headers only by a short-lived ordered consumer.
+async fn messages_of(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    expected: u64,
+) -> Result<HashMap<String, Vec<u32>>, Failure> {
+    let nats = |e: &dyn std::fmt::Display| Failure::Nats(e.to_string());
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            headers_only: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats(&e))?;
+    let mut messages = consumer.messages().await.map_err(|e| nats(&e))?;
+    let mut present: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut seen = 0u64;
+    while seen < expected {
+        let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
+        let Ok(Some(msg)) = next else { break };
+        let msg = msg.map_err(|e| nats(&e))?;
+        seen += 1;
+        // Nats-Msg-Id: "<id>:<attempt>" or "<id>:<attempt>:s<n>" (see bus::outgoing).
+        if let Some(msg_id) = msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
+            let mut parts = msg_id.as_str().split(':');
+            if let (Some(id), Some(Ok(attempt))) = (parts.next(), parts.next().map(str::parse::<u32>)) {
+                present.entry(id.to_string()).or_default().push(attempt);
+            }
+        }
+        if msg.info().map(|i| i.pending == 0).unwrap_or(false) {
+            break;
+        }
+    }
+    Ok(present)
+}
+
+/// Calls `step` every `interval_ms`, and again at once while it says there is more.
+async fn every<F, Fut>(name: &'static str, interval_ms: u64, shutdown: CancellationToken, step: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Result<u64, store::Error>>,
+    Fut: Future<Output = Result<bool, Failure>>,
 {
     let interval = Duration::from_millis(interval_ms.max(10));
-    loop {
+    while !shutdown.is_cancelled() {
         match step().await {
-            Ok(n) if n > 0 => {
-                tracing::debug!(loop_name = name, jobs = n, "background step moved jobs");
-                wake.notify_one();
-                if n as usize >= BATCH {
-                    continue;
-                }
-            }
-            Ok(_) => {}
+            Ok(true) => continue,
+            Ok(false) => {}
             Err(e) => tracing::warn!(loop_name = name, error = %e, "background step failed"),
         }
         tokio::select! {

@@ -3,6 +3,7 @@
 //! Environment variables map onto fields with `__` between sections, e.g.
 //! `DISPATCH_GRPC_ADDR`, `DISPATCH_REDIS_URL`, `DISPATCH_JOBS__DEFAULT_TIMEOUT_MS`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -17,8 +18,14 @@ pub struct Config {
     /// Where the HTTP side listens: the REST gateway (`/api/...`), `/api/openapi.json` and
     /// the `/api/docs` reference.
     pub http_addr: SocketAddr,
-    /// Redis holding every job record, e.g. `redis://127.0.0.1:6379`.
+    /// Redis holding every job record: one node `redis://127.0.0.1:6379`, a cluster
+    /// `redis-cluster://127.0.0.1:7000` (one seed node is enough), or Sentinel
+    /// `redis-sentinel://127.0.0.1:26379/0?sentinelServiceName=mymaster`.
     pub redis_url: String,
+    /// How records are spread in Redis.
+    pub redis: Redis,
+    /// How long finished jobs are kept.
+    pub retention: Retention,
     /// NATS server with JetStream enabled, e.g. `nats://127.0.0.1:4222`.
     pub nats_url: String,
     /// Defaults and limits for jobs.
@@ -29,6 +36,58 @@ pub struct Config {
     pub streams: Streams,
     /// The HTTP side: REST gateway limits.
     pub http: Http,
+}
+
+/// Store layout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redis {
+    /// Partitions the records are spread over (1 to 1024), each in one Redis Cluster slot.
+    /// Fixed for the life of the data: dispatch refuses to start on a Redis that holds another
+    /// count.
+    pub partitions: u16,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Self { partitions: 16 }
+    }
+}
+
+/// How long a finished job (record, payload, result, history) is kept before it is deleted.
+/// A job's own `options.retention` comes first, then its queue's setting, then these.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// SUCCEEDED jobs.
+    pub succeeded_ms: u64,
+    /// FAILED jobs (the dead letters, kept longer so someone can look and retry).
+    pub failed_ms: u64,
+    /// CANCELLED jobs.
+    pub cancelled_ms: u64,
+    /// Per-queue settings, e.g. `[retention.queues.emails] succeeded_ms = 3600000`; a field
+    /// left out takes the global value.
+    pub queues: BTreeMap<String, QueueRetention>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            succeeded_ms: 24 * 3600 * 1000,
+            failed_ms: 7 * 24 * 3600 * 1000,
+            cancelled_ms: 24 * 3600 * 1000,
+            queues: BTreeMap::new(),
+        }
+    }
+}
+
+/// Retention of one queue; unset fields take the global value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueRetention {
+    pub succeeded_ms: Option<u64>,
+    pub failed_ms: Option<u64>,
+    pub cancelled_ms: Option<u64>,
 }
 
 /// REST gateway settings.
@@ -83,13 +142,13 @@ pub struct JobDefaults {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Loops {
-    /// How often the scheduler promotes due SCHEDULED jobs.
+    /// How often due timers are handled: SCHEDULED jobs promoted, expired leases reaped,
+    /// finished jobs past their retention deleted.
     pub scheduler_interval_ms: u64,
-    /// How often the reaper looks for expired leases.
-    pub reaper_interval_ms: u64,
-    /// How often the sweeper looks for QUEUED jobs whose run message may be lost.
+    /// How often the sweeper compares each queue's QUEUED jobs with the run stream's messages.
     pub sweeper_interval_ms: u64,
-    /// A QUEUED job unclaimed this long gets its run message written again.
+    /// A QUEUED job whose run message is missing from the run stream this long after it was
+    /// queued gets it written again.
     pub sweep_after_ms: u64,
     /// Longest the relay waits before looking at the outbox again when nothing woke it.
     pub relay_poll_ms: u64,
@@ -97,6 +156,9 @@ pub struct Loops {
     pub relay_batch: usize,
     /// An outbox entry taken by a relay that went quiet this long is taken over by another.
     pub relay_claim_idle_ms: u64,
+    /// A relay consumer idle this long and holding no entry belongs to a dispatch that is
+    /// gone: it is removed from the outbox consumer group.
+    pub relay_forget_idle_ms: u64,
     /// Fault injection for tests: `false` runs no relay, as if this dispatch always died
     /// between its Redis write and its publish. Never turn it off in production.
     pub relay_enabled: bool,
@@ -122,6 +184,8 @@ impl Default for Config {
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
             http_addr: ([127, 0, 0, 1], 8080).into(),
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis: Redis::default(),
+            retention: Retention::default(),
             nats_url: "nats://127.0.0.1:4222".into(),
             jobs: JobDefaults::default(),
             loops: Loops::default(),
@@ -152,12 +216,12 @@ impl Default for Loops {
     fn default() -> Self {
         Self {
             scheduler_interval_ms: 100,
-            reaper_interval_ms: 500,
             sweeper_interval_ms: 5_000,
             sweep_after_ms: 60_000,
             relay_poll_ms: 200,
             relay_batch: 512,
             relay_claim_idle_ms: 10_000,
+            relay_forget_idle_ms: 600_000,
             relay_enabled: true,
         }
     }
@@ -261,8 +325,17 @@ impl Config {
         if self.loops.relay_batch == 0 {
             return bad("loops.relay_batch must be positive");
         }
-        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
-            return bad("redis_url must start with redis:// or rediss://");
+        if !["redis://", "redis-cluster://", "redis-sentinel://"]
+            .iter()
+            .any(|s| self.redis_url.starts_with(s))
+        {
+            return bad(
+                "redis_url must start with redis:// (one node), redis-cluster:// or redis-sentinel:// \
+                 (TLS, rediss://, is not supported by this build)",
+            );
+        }
+        if self.redis.partitions == 0 || self.redis.partitions > 1024 {
+            return bad("redis.partitions must be 1 to 1024");
         }
         Ok(())
     }

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub enqueue_to_start: HistogramVec,
     pub run_time: HistogramVec,
     pub lease_expiries: IntCounter,
+    pub expired: IntCounter,
+    pub run_messages_rewritten: IntCounter,
     pub redis_errors: IntCounter,
     pub nats_errors: IntCounterVec,
     pub rejected: IntCounterVec,
@@ -100,6 +102,14 @@ impl Metrics {
             "dispatch_lease_expiries_total",
             "Running attempts whose lease expired (reaped).",
         );
+        let expired = single(
+            "dispatch_jobs_expired_total",
+            "Finished jobs deleted after their retention.",
+        );
+        let run_messages_rewritten = single(
+            "dispatch_run_messages_rewritten_total",
+            "Run messages the sweeper wrote again because the run stream lacked them.",
+        );
         let redis_errors = single("dispatch_redis_errors_total", "Redis calls that failed.");
         let scrape_errors = single(
             "dispatch_metrics_scrape_errors_total",
@@ -153,6 +163,8 @@ impl Metrics {
             enqueue_to_start,
             run_time,
             lease_expiries,
+            expired,
+            run_messages_rewritten,
             redis_errors,
             nats_errors,
             rejected,

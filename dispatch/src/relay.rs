@@ -1,9 +1,11 @@
 //! The outbox relay: publishes outbox entries to JetStream and deletes each one only after
 //! its publish ack. Batched: one read, all publishes in flight at once, one ack/delete.
 //!
-//! Several dispatch replicas share the outbox through a Redis consumer group; entries left
-//! unacknowledged by a replica that died are taken over after `relay_claim_idle_ms`. A
-//! publish repeated after a crash is dropped by JetStream's `Nats-Msg-Id` de-duplication.
+//! Each partition has its own outbox and, in each dispatch, its own relay task. Several
+//! dispatch replicas share an outbox through a Redis consumer group; entries left
+//! unacknowledged by a replica that died are taken over after `relay_claim_idle_ms`, and the
+//! group forgets consumers that are gone. A publish repeated after a crash is dropped by
+//! JetStream's `Nats-Msg-Id` de-duplication.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,15 +17,85 @@ use tokio_util::sync::CancellationToken;
 use crate::bus;
 use crate::config::Loops;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Layout, Partition, Store};
 
-/// Runs until `shutdown` is cancelled. `wake` is notified after every local transition.
+/// Wakes the relay of a partition after a transition there wrote to its outbox. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Wake {
+    layout: Layout,
+    notify: Arc<[Notify]>,
+}
+
+impl Wake {
+    pub fn new(layout: Layout) -> Wake {
+        Wake {
+            layout,
+            notify: layout.all().map(|_| Notify::new()).collect(),
+        }
+    }
+
+    /// After a transition of job `id`.
+    pub fn job(&self, id: &str) {
+        self.partition(self.layout.partition_of(id));
+    }
+
+    /// After transitions of jobs `ids`.
+    pub fn jobs<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut seen = vec![false; self.notify.len()];
+        for id in ids {
+            let p = self.layout.partition_of(id);
+            if !std::mem::replace(&mut seen[p.0 as usize], true) {
+                self.partition(p);
+            }
+        }
+    }
+
+    /// After a write to partition `p`'s outbox.
+    pub fn partition(&self, p: Partition) {
+        if let Some(n) = self.notify.get(p.0 as usize) {
+            n.notify_one();
+        }
+    }
+
+    fn notified(&self, p: Partition) -> &Notify {
+        &self.notify[p.0 as usize]
+    }
+}
+
+/// Runs one relay per partition until `shutdown` is cancelled.
 pub async fn run(
     store: Store,
     js: jetstream::Context,
     cfg: Loops,
     consumer: String,
-    wake: Arc<Notify>,
+    wake: Wake,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let relays = store.layout().all().map(|p| {
+        run_partition(
+            p,
+            store.clone(),
+            js.clone(),
+            cfg.clone(),
+            consumer.clone(),
+            wake.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+    });
+    futures::future::join_all(relays).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_partition(
+    p: Partition,
+    store: Store,
+    js: jetstream::Context,
+    cfg: Loops,
+    consumer: String,
+    wake: Wake,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
@@ -37,18 +109,29 @@ pub async fn run(
         if last_autoclaim.elapsed() > Duration::from_millis(cfg.relay_claim_idle_ms / 2) {
             last_autoclaim = Instant::now();
             match store
-                .outbox_autoclaim(&consumer, cfg.relay_claim_idle_ms, cfg.relay_batch)
+                .outbox_autoclaim(p, &consumer, cfg.relay_claim_idle_ms, cfg.relay_batch)
                 .await
             {
                 Ok(n) if n > 0 => {
-                    tracing::info!(entries = n, "relay took over outbox entries of an idle relay");
+                    tracing::info!(
+                        entries = n,
+                        partition = p.0,
+                        "relay took over outbox entries of an idle relay"
+                    );
                     pending_first = true;
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "relay autoclaim failed"),
             }
+            match store.outbox_forget_idle(p, &consumer, cfg.relay_forget_idle_ms).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(consumers = n, partition = p.0, "relay removed consumers of gone relays")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "relay cannot list the outbox consumers"),
+            }
         }
-        let entries = match store.outbox_read(&consumer, cfg.relay_batch, pending_first).await {
+        let entries = match store.outbox_read(p, &consumer, cfg.relay_batch, pending_first).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "relay cannot read the outbox");
@@ -63,7 +146,7 @@ pub async fn run(
                 continue;
             }
             tokio::select! {
-                _ = wake.notified() => {}
+                _ = wake.notified(p).notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(cfg.relay_poll_ms)) => {}
                 _ = shutdown.cancelled() => return,
             }
@@ -72,7 +155,7 @@ pub async fn run(
         let full = entries.len() >= cfg.relay_batch;
         metrics.relay_batch.observe(entries.len() as f64);
         let (done, failed) = publish_batch(&js, entries, &metrics).await;
-        if let Err(e) = store.outbox_done(&done).await {
+        if let Err(e) = store.outbox_done(p, &done).await {
             // The entries stay pending and are published again; dedup drops the repeat.
             tracing::warn!(error = %e, "relay cannot delete published entries");
         }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use dispatch_client::pb::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer};
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -51,10 +50,13 @@ impl Running {
 
 /// Starts dispatch with `config`. Fails fast when Redis or NATS cannot be reached at start.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let store = Store::connect(&config.redis_url)
-        .await
-        .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
-    let hub = watch::Hub::start(&config.redis_url)
+    let store = match Store::connect(&config.redis_url, (&config).into()).await {
+        Ok(s) => s,
+        // Not a connection problem: say only what to do.
+        Err(e @ crate::store::Error::Incompatible(_)) => return Err(e.into()),
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("connecting to Redis at {}", config.redis_url))),
+    };
+    let hub = watch::Hub::start(&config.redis_url, store.layout())
         .await
         .context("subscribing to the watch channel")?;
     let nats = tokio::time::timeout(
@@ -88,7 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let http_addr = http_listener.local_addr()?;
 
     let shutdown = CancellationToken::new();
-    let relay_wake = Arc::new(Notify::new());
+    let relay_wake = relay::Wake::new(store.layout());
     let metrics = Metrics::new();
     let config = Arc::new(config);
     let shared = Shared {
@@ -155,7 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let consumer = format!("relay-{}", uuid::Uuid::new_v4().simple());
         tasks.push(tokio::spawn(relay::run(
             store.clone(),
-            js,
+            js.clone(),
             config.loops.clone(),
             consumer,
             relay_wake.clone(),
@@ -167,7 +169,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     tasks.push(tokio::spawn(background::run(
         store,
+        js,
         config.loops.clone(),
+        config.streams.clone(),
         relay_wake,
         metrics,
         shutdown.clone(),

@@ -1,5 +1,5 @@
-//! Wake-ups for WatchJob: every transition script publishes on the Redis channel
-//! `dispatch:watch:<id>` of its job. One subscriber connection per dispatch process subscribes
+//! Wake-ups for WatchJob: every transition script publishes on the Redis channel named like
+//! its job's record key (`dispatch:{p7}:job:<id>`). One subscriber connection per dispatch process subscribes
 //! to the channels of the jobs being watched here, only while they are watched, so a job nobody
 //! watches costs one publish to nobody and nothing in dispatch. A watcher then reads the job's
 //! history from its cursor, so a missed wake-up only delays it until its next periodic read.
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use fred::prelude::*;
 use tokio::sync::broadcast;
 
-use crate::store::PREFIX;
+use crate::store::Layout;
 
 type Channels = Arc<Mutex<HashMap<String, (broadcast::Sender<()>, usize)>>>;
 
@@ -18,6 +18,7 @@ type Channels = Arc<Mutex<HashMap<String, (broadcast::Sender<()>, usize)>>>;
 #[derive(Clone)]
 pub struct Hub {
     client: Arc<fred::clients::SubscriberClient>,
+    layout: Layout,
     channels: Channels,
 }
 
@@ -46,7 +47,7 @@ impl Drop for Watch {
 
 impl Hub {
     /// Connects the subscriber (it resubscribes the watched channels after a reconnect).
-    pub async fn start(redis_url: &str) -> Result<Hub, fred::error::Error> {
+    pub async fn start(redis_url: &str, layout: Layout) -> Result<Hub, fred::error::Error> {
         let config = fred::types::config::Config::from_url(redis_url)?;
         let client = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
@@ -66,6 +67,7 @@ impl Hub {
         });
         Ok(Hub {
             client: Arc::new(client),
+            layout,
             channels,
         })
     }
@@ -74,7 +76,7 @@ impl Hub {
     /// (A wake-up lost to a race between a last watcher leaving and a new one arriving is
     /// covered by the watcher's periodic re-read.)
     pub async fn watch(&self, id: &str) -> Result<Watch, fred::error::Error> {
-        let channel = format!("{PREFIX}watch:{id}");
+        let channel = self.layout.partition_of(id).job(id);
         let (rx, first) = {
             let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
             let entry = map

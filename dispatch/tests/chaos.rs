@@ -213,7 +213,7 @@ async fn poison_job_is_dead_lettered_after_max_attempts() {
 async fn dispatch_dying_before_publish_loses_nothing() {
     let mut s = Stack::start_with(|c| c.loops.relay_enabled = false).await;
     let ids = create_many(&s, 25, json!({"queue":"default","type":"noop"})).await;
-    let store = dispatch::store::Store::connect(&s.config.redis_url).await.unwrap();
+    let store = s.store().await;
     assert_eq!(
         store.outbox_len().await.unwrap(),
         25,
@@ -255,7 +255,7 @@ async fn nats_killed_and_restarted_under_load_loses_nothing() {
     for id in &ids {
         s.wait_state(id, JobState::Succeeded, T).await;
     }
-    let store = dispatch::store::Store::connect(&s.config.redis_url).await.unwrap();
+    let store = s.store().await;
     eventually("outbox drained", T, || async {
         (store.outbox_len().await.ok()? == 0).then_some(())
     })

@@ -585,7 +585,7 @@ async fn openapi_is_served_matches_docs_and_covers_every_route() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let id = resp.json_value().await["job"]["id"].as_str().unwrap().to_string();
-    let store = dispatch::store::Store::connect(&s.config.redis_url).await.unwrap();
+    let store = s.store().await;
     let rec = store.get(&id).await.unwrap();
     assert_eq!(rec.traceparent, tp);
     s.stop().await;

@@ -87,6 +87,7 @@ fn new_job(delayed: bool) -> NewJob {
         idempotency_key: String::new(),
         labels: Default::default(),
         traceparent: String::new(),
+        retention_ms: None,
     }
 }
 
@@ -103,28 +104,31 @@ fn allowed(from: State, to: State) -> bool {
 }
 
 async fn raw(store: &Store, id: &str) -> HashMap<String, String> {
-    store.client().hgetall(format!("dispatch:job:{id}")).await.unwrap()
+    let key = store.layout().partition_of(id).job(id);
+    store.client().hgetall(key).await.unwrap()
 }
 
 /// Checks the record against every index that mentions it.
 async fn check_indexes(store: &Store, id: &str) -> Result<(), String> {
     let rec = store.get(id).await.map_err(|e| e.to_string())?;
     let c = store.client();
+    let p = store.layout().partition_of(id);
     for s in State::ALL {
-        let member: Option<f64> = c.zscore(format!("dispatch:idx:q:{}", s.as_str()), id).await.unwrap();
+        let member: Option<f64> = c.zscore(p.idx(s), format!("q:{id}")).await.unwrap();
         if member.is_some() != (s == rec.state) {
             return Err(format!("idx {} membership wrong for a {:?} job", s.as_str(), rec.state));
         }
     }
-    for (key, state) in [
-        ("leases", State::Running),
-        ("scheduled", State::Scheduled),
-        ("queued", State::Queued),
-    ] {
-        let member: Option<f64> = c.zscore(format!("dispatch:{key}"), id).await.unwrap();
-        if member.is_some() != (rec.state == state) {
-            return Err(format!("{key} membership wrong for a {:?} job", rec.state));
-        }
+    // Every job but a QUEUED one has a timer: run time, lease deadline or expiry.
+    let timer: Option<f64> = c.zscore(p.timers(), id).await.unwrap();
+    if timer.is_some() == (rec.state == State::Queued) {
+        return Err(format!("timer present = {} on a {:?} job", timer.is_some(), rec.state));
+    }
+    if rec.state == State::Running && timer.map(|t| t as u64) != rec.lease_deadline_ms {
+        return Err(format!(
+            "timer {timer:?} is not the lease deadline {:?}",
+            rec.lease_deadline_ms
+        ));
     }
     if rec.lease_id.is_some() != (rec.state == State::Running) {
         return Err(format!(
@@ -138,6 +142,14 @@ async fn check_indexes(store: &Store, id: &str) -> Result<(), String> {
             "attempt {} beyond budget {}+{}",
             rec.attempt, rec.retry_base, rec.max_attempts
         ));
+    }
+    Ok(())
+}
+
+/// One timers step in every partition (promotes, reaps, expires what is due).
+async fn tick_all(store: &Store) -> Result<(), dispatch::store::Error> {
+    for p in store.layout().all() {
+        store.tick(p, 100).await?;
     }
     Ok(())
 }
@@ -174,11 +186,9 @@ async fn run_case(store: &Store, ops: Vec<Op>) -> Result<(), String> {
         };
         let result: Result<(), dispatch::store::Error> = match (&op, &target) {
             (Op::Create { delayed }, _) => {
-                let id = uuid::Uuid::now_v7().to_string();
-                store
-                    .create(&id, &new_job(*delayed), 60_000)
-                    .await
-                    .map(|_| ids.push(id))
+                let job = new_job(*delayed);
+                let id = store.new_id(&job);
+                store.create(&id, &job, 60_000).await.map(|_| ids.push(id))
             }
             (
                 Op::Claim {
@@ -217,8 +227,7 @@ async fn run_case(store: &Store, ops: Vec<Op>) -> Result<(), String> {
                 .map(|_| ()),
             (Op::Cancel { .. }, Some(id)) => store.cancel(id, "stop").await.map(|_| ()),
             (Op::Retry { .. }, Some(id)) => store.retry(id).await.map(|_| ()),
-            (Op::Promote, _) => store.promote_due(100).await.map(|_| ()),
-            (Op::Reap, _) => store.reap_expired(100).await.map(|_| ()),
+            (Op::Promote | Op::Reap, _) => tick_all(store).await,
             _ => Ok(()),
         };
         match &result {
@@ -264,8 +273,13 @@ fn transitions_keep_every_invariant() {
         "redis-server",
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // A few partitions, so that jobs of one case land in different ones.
+    let options = dispatch::store::Options {
+        partitions: 4,
+        ..Default::default()
+    };
     let store = rt
-        .block_on(Store::connect(&format!("redis://127.0.0.1:{port}")))
+        .block_on(Store::connect(&format!("redis://127.0.0.1:{port}"), options))
         .unwrap();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 64,

@@ -225,7 +225,12 @@ impl Limits {
                 errs.add(f(&format!("options.labels[{k}]")), "values are at most 256 characters");
             }
         }
+        let retention_ms = o
+            .retention
+            .as_ref()
+            .map(|x| duration_ms(errs, &f("options.retention"), x, YEAR_MS));
         NewJob {
+            retention_ms,
             queue: r.queue.clone(),
             job_type: r.r#type.clone(),
             payload,

@@ -63,7 +63,7 @@ impl JobService for JobApi {
             let job = self.0.limits.new_job(&mut errs, "", req.get_ref(), &tp);
             errs.into_result(())?;
             let _permit = self.0.admit(1)?;
-            let resp = self.create_one(uuid::Uuid::now_v7().to_string(), &job).await?;
+            let resp = self.create_one(self.0.store.new_id(&job), &job).await?;
             if let Some(j) = &resp.job {
                 let span = tracing::Span::current();
                 span.record("job_id", j.id.as_str());
@@ -71,7 +71,9 @@ impl JobService for JobApi {
                 span.record("job_type", j.r#type.as_str());
                 span.record("attempt", j.attempt);
             }
-            self.0.relay_wake.notify_one();
+            if let Some(j) = &resp.job {
+                self.0.relay_wake.job(&j.id);
+            }
             Ok(Response::new(resp))
         }
         .instrument(span)
@@ -98,8 +100,8 @@ impl JobService for JobApi {
                 .collect();
             errs.into_result(())?;
             let _permit = self.0.admit(jobs.len())?;
-            // One atomic step for the whole batch.
-            let ids: Vec<String> = jobs.iter().map(|_| uuid::Uuid::now_v7().to_string()).collect();
+            // One atomic step per partition the batch touches.
+            let ids: Vec<String> = jobs.iter().map(|j| self.0.store.new_id(j)).collect();
             let results = self
                 .0
                 .store
@@ -109,7 +111,7 @@ impl JobService for JobApi {
                 .into_iter()
                 .map(|c| self.created(c))
                 .collect();
-            self.0.relay_wake.notify_one();
+            self.0.relay_wake.jobs(ids.iter().map(String::as_str));
             Ok(Response::new(pb::CreateJobsResponse { results }))
         }
         .instrument(span)
@@ -275,7 +277,7 @@ impl JobService for JobApi {
                 self.0.metrics.cancelled.with_label_values(&[&job.queue]).inc();
             }
             tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, state = job.state.as_str(), "job cancel requested");
-            self.0.relay_wake.notify_one();
+            self.0.relay_wake.job(&job.id);
             Ok(Response::new(pb::CancelJobResponse {
                 job: Some(api::job_to_pb(&job)),
             }))
@@ -294,7 +296,7 @@ impl JobService for JobApi {
             let job = self.0.store.retry(id).await.map_err(|e| self.0.store_err(e))?;
             super::note_job(&job);
             tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, "job re-run");
-            self.0.relay_wake.notify_one();
+            self.0.relay_wake.job(&job.id);
             Ok(Response::new(pb::RetryJobResponse {
                 job: Some(api::job_to_pb(&job)),
             }))

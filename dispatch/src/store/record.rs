@@ -75,6 +75,9 @@ pub struct NewJob {
     pub labels: BTreeMap<String, String>,
     /// W3C traceparent of the caller, carried to the worker.
     pub traceparent: String,
+    /// How long the record is kept once finished (`options.retention`); `None` for the
+    /// queue's or the global setting.
+    pub retention_ms: Option<u64>,
 }
 
 impl NewJob {
@@ -160,8 +163,9 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    /// Builds a record from the hash fields; `None` names the first missing or bad field.
-    pub fn from_fields(f: &HashMap<String, String>) -> Result<JobRecord, String> {
+    /// Builds the record of job `id` from its hash fields (and `payload`); the error names the
+    /// first missing or bad field. Fields left at their default are not stored (see lib.lua).
+    pub fn from_fields(id: &str, f: &HashMap<String, String>) -> Result<JobRecord, String> {
         let s = |k: &str| f.get(k).cloned().ok_or_else(|| format!("field {k} missing"));
         let num = |k: &str| -> Result<u64, String> {
             let v = s(k)?;
@@ -170,29 +174,33 @@ impl JobRecord {
                 .map_err(|_| format!("field {k} is not a number: {v:?}"))
         };
         let opt = |k: &str| -> Option<u64> { f.get(k).and_then(|v| v.parse::<f64>().ok()).map(|x| x as u64) };
-        let float =
-            |k: &str| -> Result<f64, String> { s(k)?.parse::<f64>().map_err(|_| format!("field {k} is not a number")) };
         let state_s = s("state")?;
         let error = f.get("error").map(|m| JobError {
             message: m.clone(),
             retryable: f.get("error_retryable").map(|v| v == "1").unwrap_or(false),
             attempt: opt("error_attempt").unwrap_or(0) as u32,
         });
+        // Backoff packed as "initial|max|multiplier|jitter".
+        let b = s("b")?;
+        let bad_b = || format!("field b is not a backoff: {b:?}");
+        let mut parts = b.split('|');
+        let mut part = || parts.next().and_then(|v| v.parse::<f64>().ok()).ok_or_else(bad_b);
+        let backoff = Backoff {
+            initial_ms: part()? as u64,
+            max_ms: part()? as u64,
+            multiplier: part()?,
+            jitter: part()?,
+        };
         Ok(JobRecord {
-            id: s("id")?,
+            id: id.to_string(),
             queue: s("queue")?,
             job_type: s("type")?,
             payload: s("payload")?,
             state: State::parse(&state_s).ok_or_else(|| format!("unknown state {state_s}"))?,
             attempt: num("attempt")? as u32,
             max_attempts: num("max_attempts")? as u32,
-            retry_base: num("retry_base")? as u32,
-            backoff: Backoff {
-                initial_ms: num("b_initial")?,
-                max_ms: num("b_max")?,
-                multiplier: float("b_mult")?,
-                jitter: float("b_jitter")?,
-            },
+            retry_base: opt("retry_base").unwrap_or(0) as u32,
+            backoff,
             timeout_ms: num("timeout")?,
             run_at_ms: num("run_at")?,
             idempotency_key: f.get("idem_key").cloned().unwrap_or_default(),
@@ -288,7 +296,7 @@ mod tests {
     #[test]
     fn missing_field_is_named() {
         let mut f = HashMap::new();
-        f.insert("id".to_string(), "x".to_string());
-        assert_eq!(JobRecord::from_fields(&f).unwrap_err(), "field state missing");
+        f.insert("queue".to_string(), "x".to_string());
+        assert_eq!(JobRecord::from_fields("j", &f).unwrap_err(), "field state missing");
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use dispatch_testkit::{Proc, Servers, bin, free_port, start_servers};
+use dispatch_testkit::{Proc, Servers, Topology, bin, free_port, start_servers_on};
 
 /// Where the stack is, and the processes this run started (stopped on drop).
 pub struct Stack {
@@ -56,12 +56,12 @@ impl Stack {
         let dir = tempfile::tempdir()?;
         let Servers {
             redis,
+            redis_url,
             nats,
-            redis_port,
             nats_port,
-        } = start_servers(dir.path(), opts.redis_aof);
+            ..
+        } = start_servers_on(dir.path(), opts.redis_aof, Topology::Single);
         let (grpc_port, http_port) = (free_port(), free_port());
-        let redis_url = format!("redis://127.0.0.1:{redis_port}");
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
         let grpc_url = format!("http://127.0.0.1:{grpc_port}");
         let dispatch = spawn_logged(

@@ -154,33 +154,170 @@ pub fn worker_bin() -> PathBuf {
     bin("worker")
 }
 
+/// Which Redis the harness starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One redis-server.
+    Single,
+    /// A Redis Cluster of `masters` primaries, each with `replicas` replicas.
+    Cluster { masters: usize, replicas: usize },
+}
+
+impl Topology {
+    /// `DISPATCH_TEST_REDIS=cluster` runs a suite on a 3-master cluster; anything else (or
+    /// nothing) on one node.
+    pub fn from_env() -> Topology {
+        match std::env::var("DISPATCH_TEST_REDIS").as_deref() {
+            Ok("cluster") => Topology::Cluster {
+                masters: 3,
+                replicas: 0,
+            },
+            _ => Topology::Single,
+        }
+    }
+}
+
 /// A redis-server and a nats-server (JetStream) on free loopback ports, ready.
 pub struct Servers {
+    /// The single node, or the first node of a cluster.
     pub redis: Proc,
+    /// The other nodes of a cluster.
+    pub redis_nodes: Vec<Proc>,
+    /// Ports of every Redis node (the first is `redis_port`).
+    pub redis_ports: Vec<u16>,
+    pub redis_url: String,
     pub nats: Proc,
     pub redis_port: u16,
     pub nats_port: u16,
 }
 
-/// Starts Redis (AOF on when `aof`) and NATS with their data and logs under `dir`, and waits
-/// until both are ready.
+/// Starts Redis (AOF on when `aof`; one node, or a cluster when `DISPATCH_TEST_REDIS=cluster`)
+/// and NATS with their data and logs under `dir`, and waits until both are ready.
 pub fn start_servers(dir: &std::path::Path, aof: bool) -> Servers {
-    let (redis_port, nats_port) = (free_port(), free_port());
-    let mut redis = spawn_redis_with(dir, redis_port, aof);
+    start_servers_on(dir, aof, Topology::from_env())
+}
+
+/// Like [`start_servers`] with an explicit Redis topology.
+pub fn start_servers_on(dir: &std::path::Path, aof: bool, topology: Topology) -> Servers {
+    let nats_port = free_port();
     let mut nats = spawn_nats(dir, nats_port);
-    wait_ready(
-        &mut redis,
-        &dir.join("redis.log"),
-        "Ready to accept connections",
-        "redis-server",
-    );
+    let (mut procs, ports, redis_url) = match topology {
+        Topology::Single => {
+            let port = free_port();
+            let mut redis = spawn_redis_with(dir, port, aof);
+            wait_ready(
+                &mut redis,
+                &dir.join("redis.log"),
+                "Ready to accept connections",
+                "redis-server",
+            );
+            (vec![redis], vec![port], format!("redis://127.0.0.1:{port}"))
+        }
+        Topology::Cluster { masters, replicas } => {
+            let (procs, ports) = start_cluster(dir, masters, replicas, aof);
+            let url = format!("redis-cluster://127.0.0.1:{}", ports[0]);
+            (procs, ports, url)
+        }
+    };
     wait_ready(&mut nats, &dir.join("nats.log"), "Server is ready", "nats-server");
+    let redis = procs.remove(0);
     Servers {
         redis,
+        redis_nodes: procs,
+        redis_port: ports[0],
+        redis_ports: ports,
+        redis_url,
         nats,
-        redis_port,
         nats_port,
     }
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Starts `masters * (1 + replicas)` cluster nodes in their own directories under `dir`,
+/// joins them with `redis-cli --cluster create`, and waits until every node reports
+/// `cluster_state:ok`.
+fn start_cluster(dir: &std::path::Path, masters: usize, replicas: usize, aof: bool) -> (Vec<Proc>, Vec<u16>) {
+    let n = masters * (1 + replicas);
+    let mut procs = Vec::with_capacity(n);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..n {
+        let port = free_cluster_port();
+        let node_dir = dir.join(format!("redis-{port}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let mut proc = Proc(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .args(["--appendonly", if aof { "yes" } else { "no" }])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                ])
+                .args(["--cluster-node-timeout", "2000"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .arg("--logfile")
+                .arg(node_dir.join("redis.log"))
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH (run tools/install.sh)"),
+        );
+        wait_ready(
+            &mut proc,
+            &node_dir.join("redis.log"),
+            "Ready to accept connections",
+            "redis-server (cluster node)",
+        );
+        procs.push(proc);
+        ports.push(port);
+    }
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for port in &ports {
+        loop {
+            let info = redis_cli(*port, &["cluster", "info"]);
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster node {port} not ok after 30 s:\n{info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    (procs, ports)
+}
+
+/// Runs `redis-cli -p PORT ARGS...`, returning its output (empty when it fails).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// Redis + NATS + dispatch, for one test.
@@ -189,6 +326,10 @@ pub struct Stack {
     pub redis_port: u16,
     pub nats_port: u16,
     pub redis: Proc,
+    /// The other nodes when Redis is a cluster.
+    pub redis_nodes: Vec<Proc>,
+    /// Every Redis node's port.
+    pub redis_ports: Vec<u16>,
     pub nats: Proc,
     pub dispatch: Option<dispatch::Running>,
     pub grpc: SocketAddr,
@@ -199,16 +340,15 @@ pub struct Stack {
 }
 
 /// Configuration with fast loops for tests.
-pub fn test_config(redis_port: u16, nats_port: u16) -> Config {
+pub fn test_config(redis_url: &str, nats_port: u16) -> Config {
     let mut c = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
-        redis_url: format!("redis://127.0.0.1:{redis_port}"),
+        redis_url: redis_url.to_string(),
         nats_url: format!("nats://127.0.0.1:{nats_port}"),
         ..Config::default()
     };
     c.loops.scheduler_interval_ms = 20;
-    c.loops.reaper_interval_ms = 50;
     c.loops.sweeper_interval_ms = 200;
     c.loops.relay_poll_ms = 50;
     c.jobs.backoff_initial_ms = 50;
@@ -227,11 +367,14 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let Servers {
             redis,
+            redis_nodes,
+            redis_ports,
+            redis_url,
             nats,
             redis_port,
             nats_port,
         } = start_servers(dir.path(), true);
-        let mut config = test_config(redis_port, nats_port);
+        let mut config = test_config(&redis_url, nats_port);
         tweak(&mut config);
         let running = match dispatch::start(config.clone()).await {
             Ok(r) => r,
@@ -247,6 +390,8 @@ impl Stack {
             redis_port,
             nats_port,
             redis,
+            redis_nodes,
+            redis_ports,
             nats,
             dispatch: Some(running),
             grpc,
@@ -254,6 +399,13 @@ impl Stack {
             config,
             workers: Vec::new(),
         }
+    }
+
+    /// A store handle on this stack's Redis, laid out as dispatch's.
+    pub async fn store(&self) -> dispatch::store::Store {
+        dispatch::store::Store::connect(&self.config.redis_url, (&self.config).into())
+            .await
+            .unwrap()
     }
 
     pub fn url(&self) -> String {

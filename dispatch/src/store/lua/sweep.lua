@@ -1,20 +1,30 @@
--- sweep (sweeper): QUEUED jobs whose run message was written more than age_ms ago get it
--- written again (the message may have been lost); no state change. Claims of duplicates are
--- refused, so a spare message costs one refused claim.
--- ARGV: now, age_ms, limit
--- Reply: number of run messages re-written.
-local now, age, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ids = redis.call('ZRANGEBYSCORE', P .. 'queued', '-inf', now - age, 'LIMIT', 0, limit)
+-- sweep (sweeper): QUEUED jobs whose run message the run stream lacks get it written again;
+-- no state change. The caller names jobs of a queue whose stream holds fewer run messages
+-- than the queue has QUEUED jobs, with the attempts the stream holds for each. A job is left
+-- alone when the stream holds its attempt, when it was queued (or swept) less than age_ms
+-- ago, or when its run message may still be in this partition's outbox (queued after the
+-- oldest entry waiting there).
+-- KEYS: the partition's (lib.lua), then per job: record
+-- ARGV: retention, age_ms, then per job: id, attempts in the stream (",1,2," or ",")
+-- Reply: number of run messages written again.
+local now = clock()
+local cutoff = tonumber(now) - tonumber(ARGV[2])
+local oldest = redis.call('XRANGE', OUTBOX, '-', '+', 'COUNT', 1)[1]
+if oldest then
+  local ms = tonumber(string.match(oldest[1], '^(%d+)'))
+  if ms - 1 < cutoff then cutoff = ms - 1 end
+end
 local n = 0
-for _, id in ipairs(ids) do
-  local job = load(id, { 'queue', 'type', 'attempt', 'traceparent' })
-  if job and job.state == 'QUEUED' then
-    local sweeps = redis.call('HINCRBY', jkey(id), 'sweeps', 1)
-    redis.call('ZADD', P .. 'queued', now, id)
+for i = 0, (#ARGV - 2) / 2 - 1 do
+  local id, present = ARGV[3 + i * 2], ARGV[4 + i * 2]
+  local rk = KEYS[HEADER + 1 + i]
+  local job = load(rk, id, { 'type', 'attempt', 'traceparent', 'updated_at', 'swept_at' })
+  if job and job.state == 'QUEUED' and not string.find(present, ',' .. job.attempt .. ',', 1, true)
+      and tonumber(job.swept_at or job.updated_at) <= cutoff then
+    local sweeps = redis.call('HINCRBY', rk, 'sweeps', 1)
+    redis.call('HSET', rk, 'swept_at', now)
     outbox(job, 'run', job.attempt, now, nil, nil, 0, ':s' .. sweeps)
     n = n + 1
-  else
-    redis.call('ZREM', P .. 'queued', id)
   end
 end
 return n

@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         (all, rejected)
     });
 
-    let store = dispatch::store::Store::connect(&stack.config.redis_url).await?;
+    let store = stack.store().await;
     let deadline = started + Duration::from_secs(args.timeout_s);
     let mut next_kill = Instant::now() + Duration::from_millis(args.kill_every_ms.max(1));
     let mut next_nats = Instant::now() + Duration::from_millis(args.nats_restart_every_ms.max(1));

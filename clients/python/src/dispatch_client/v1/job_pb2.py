@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64ispatch/v1/job.proto\x12\x0b\x64ispatch.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x07\x42\x61\x63koff\x12*\n\x07initial\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03max\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\x12\x0e\n\x06jitter\x18\x04 \x01(\x01\"\xc8\x02\n\nJobOptions\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x07\x62\x61\x63koff\x18\x03 \x01(\x0b\x32\x14.dispatch.v1.Backoff\x12*\n\x06run_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05\x64\x65lay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x33\n\x06labels\x18\x07 \x03(\x0b\x32#.dispatch.v1.JobOptions.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x05Lease\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x08JobError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tretryable\x18\x02 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"\x8f\x06\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\'\n\x07payload\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.dispatch.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12%\n\x07\x62\x61\x63koff\x18\x08 \x01(\x0b\x32\x14.dispatch.v1.Backoff\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06run_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\t\x12!\n\x05lease\x18\x0c \x01(\x0b\x32\x12.dispatch.v1.Lease\x12(\n\x08progress\x18\r \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06result\x18\x0e \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x05\x65rror\x18\x0f \x01(\x0b\x32\x15.dispatch.v1.JobError\x12\x18\n\x10\x63\x61ncel_requested\x18\x10 \x01(\x08\x12,\n\x06labels\x18\x11 \x03(\x0b\x32\x1c.dispatch.v1.Job.LabelsEntry\x12.\n\ncreated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe2\x01\n\x08JobEvent\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.dispatch.v1.JobState\x12\x11\n\tworker_id\x18\x07 \x01(\t\x12-\n\ttimestamp\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x10\n\x08sequence\x18\n \x01(\x04\"\x82\x01\n\tQueueInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x04\x12\x11\n\tscheduled\x18\x03 \x01(\x04\x12\x0f\n\x07running\x18\x04 \x01(\x04\x12\x11\n\tsucceeded\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x04\x12\x11\n\tcancelled\x18\x07 \x01(\x04\"F\n\x06JobRun\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t*\xb3\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x01\x12\x14\n\x10JOB_STATE_QUEUED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64ispatch/v1/job.proto\x12\x0b\x64ispatch.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x07\x42\x61\x63koff\x12*\n\x07initial\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03max\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\x12\x0e\n\x06jitter\x18\x04 \x01(\x01\"\xf6\x02\n\nJobOptions\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x07\x62\x61\x63koff\x18\x03 \x01(\x0b\x32\x14.dispatch.v1.Backoff\x12*\n\x06run_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05\x64\x65lay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x33\n\x06labels\x18\x07 \x03(\x0b\x32#.dispatch.v1.JobOptions.LabelsEntry\x12,\n\tretention\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x05Lease\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x08JobError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tretryable\x18\x02 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"\x8f\x06\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\'\n\x07payload\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.dispatch.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12%\n\x07\x62\x61\x63koff\x18\x08 \x01(\x0b\x32\x14.dispatch.v1.Backoff\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06run_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\t\x12!\n\x05lease\x18\x0c \x01(\x0b\x32\x12.dispatch.v1.Lease\x12(\n\x08progress\x18\r \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06result\x18\x0e \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x05\x65rror\x18\x0f \x01(\x0b\x32\x15.dispatch.v1.JobError\x12\x18\n\x10\x63\x61ncel_requested\x18\x10 \x01(\x08\x12,\n\x06labels\x18\x11 \x03(\x0b\x32\x1c.dispatch.v1.Job.LabelsEntry\x12.\n\ncreated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe2\x01\n\x08JobEvent\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.dispatch.v1.JobState\x12\x11\n\tworker_id\x18\x07 \x01(\t\x12-\n\ttimestamp\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x10\n\x08sequence\x18\n \x01(\x04\"\x82\x01\n\tQueueInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x04\x12\x11\n\tscheduled\x18\x03 \x01(\x04\x12\x0f\n\x07running\x18\x04 \x01(\x04\x12\x11\n\tsucceeded\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x04\x12\x11\n\tcancelled\x18\x07 \x01(\x04\"F\n\x06JobRun\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t*\xb3\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x01\x12\x14\n\x10JOB_STATE_QUEUED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,26 +38,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBOPTIONS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_JOB_LABELSENTRY']._loaded_options = None
   _globals['_JOB_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1974
-  _globals['_JOBSTATE']._serialized_end=2153
+  _globals['_JOBSTATE']._serialized_start=2020
+  _globals['_JOBSTATE']._serialized_end=2199
   _globals['_BACKOFF']._serialized_start=134
   _globals['_BACKOFF']._serialized_end=263
   _globals['_JOBOPTIONS']._serialized_start=266
-  _globals['_JOBOPTIONS']._serialized_end=594
-  _globals['_JOBOPTIONS_LABELSENTRY']._serialized_start=549
-  _globals['_JOBOPTIONS_LABELSENTRY']._serialized_end=594
-  _globals['_LEASE']._serialized_start=596
-  _globals['_LEASE']._serialized_end=686
-  _globals['_JOBERROR']._serialized_start=688
-  _globals['_JOBERROR']._serialized_end=751
-  _globals['_JOB']._serialized_start=754
-  _globals['_JOB']._serialized_end=1537
-  _globals['_JOB_LABELSENTRY']._serialized_start=549
-  _globals['_JOB_LABELSENTRY']._serialized_end=594
-  _globals['_JOBEVENT']._serialized_start=1540
-  _globals['_JOBEVENT']._serialized_end=1766
-  _globals['_QUEUEINFO']._serialized_start=1769
-  _globals['_QUEUEINFO']._serialized_end=1899
-  _globals['_JOBRUN']._serialized_start=1901
-  _globals['_JOBRUN']._serialized_end=1971
+  _globals['_JOBOPTIONS']._serialized_end=640
+  _globals['_JOBOPTIONS_LABELSENTRY']._serialized_start=595
+  _globals['_JOBOPTIONS_LABELSENTRY']._serialized_end=640
+  _globals['_LEASE']._serialized_start=642
+  _globals['_LEASE']._serialized_end=732
+  _globals['_JOBERROR']._serialized_start=734
+  _globals['_JOBERROR']._serialized_end=797
+  _globals['_JOB']._serialized_start=800
+  _globals['_JOB']._serialized_end=1583
+  _globals['_JOB_LABELSENTRY']._serialized_start=595
+  _globals['_JOB_LABELSENTRY']._serialized_end=640
+  _globals['_JOBEVENT']._serialized_start=1586
+  _globals['_JOBEVENT']._serialized_end=1812
+  _globals['_QUEUEINFO']._serialized_start=1815
+  _globals['_QUEUEINFO']._serialized_end=1945
+  _globals['_JOBRUN']._serialized_start=1947
+  _globals['_JOBRUN']._serialized_end=2017
 # @@protoc_insertion_point(module_scope)

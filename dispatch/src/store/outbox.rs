@@ -1,0 +1,307 @@
+//! The outbox: one Redis stream per partition, written by the transition scripts and read by
+//! the relays through the consumer group `relay`.
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+use fred::types::Value;
+
+use super::{Error, Partition, Store, cmd};
+
+/// Consumer group of the outbox relays.
+pub const OUTBOX_GROUP: &str = "relay";
+
+/// One outbox entry, as read by the relay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub stream_id: String,
+    pub fields: HashMap<String, String>,
+}
+
+impl Store {
+    /// Creates the relay consumer group on every partition's outbox (when missing).
+    pub(super) async fn ensure_outbox_groups(&self) -> Result<(), Error> {
+        for p in self.layout.all() {
+            let r: Result<Value, _> = self
+                .client
+                .custom(
+                    cmd("XGROUP"),
+                    vec!["CREATE", &p.outbox(), OUTBOX_GROUP, "0", "MKSTREAM"],
+                )
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.details().contains("BUSYGROUP") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Relay: up to `count` entries of partition `p` for `consumer`: its own unacknowledged
+    /// ones first (a publish that failed), else new ones.
+    pub async fn outbox_read(
+        &self,
+        p: Partition,
+        consumer: &str,
+        count: usize,
+        pending_first: bool,
+    ) -> Result<Vec<OutboxEntry>, Error> {
+        let id = if pending_first { "0" } else { ">" };
+        let v: Value = self
+            .client
+            .custom(
+                cmd("XREADGROUP"),
+                vec![
+                    "GROUP",
+                    OUTBOX_GROUP,
+                    consumer,
+                    "COUNT",
+                    &count.to_string(),
+                    "STREAMS",
+                    &p.outbox(),
+                    id,
+                ],
+            )
+            .await?;
+        if v.is_null() {
+            return Ok(Vec::new());
+        }
+        // [[stream, [[id, [k, v, ...]], ...]]]
+        let streams = v.into_array();
+        let Some(first) = streams.into_iter().next() else {
+            return Ok(Vec::new());
+        };
+        let mut parts = first.into_array().into_iter();
+        let _name = parts.next();
+        match parts.next() {
+            Some(entries) => parse_entries(entries),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Relay: takes over entries of partition `p` another relay left unacknowledged for
+    /// `idle_ms`.
+    pub async fn outbox_autoclaim(
+        &self,
+        p: Partition,
+        consumer: &str,
+        idle_ms: u64,
+        count: usize,
+    ) -> Result<usize, Error> {
+        let v: Value = self
+            .client
+            .custom(
+                cmd("XAUTOCLAIM"),
+                vec![
+                    p.outbox().as_str(),
+                    OUTBOX_GROUP,
+                    consumer,
+                    &idle_ms.to_string(),
+                    "0",
+                    "COUNT",
+                    &count.to_string(),
+                    "JUSTID",
+                ],
+            )
+            .await?;
+        let mut parts = v.into_array().into_iter();
+        let _next = parts.next();
+        Ok(parts.next().map(|ids| ids.into_array().len()).unwrap_or(0))
+    }
+
+    /// Relay: removes consumers of partition `p`'s group that hold no entry and have been idle
+    /// for `idle_ms` (relays of dispatch processes that are gone), except `keep`. Returns how
+    /// many went.
+    pub async fn outbox_forget_idle(&self, p: Partition, keep: &str, idle_ms: u64) -> Result<usize, Error> {
+        let key = p.outbox();
+        let v: Value = self
+            .client
+            .custom(cmd("XINFO"), vec!["CONSUMERS", key.as_str(), OUTBOX_GROUP])
+            .await?;
+        let mut gone = 0;
+        for consumer in v.into_array() {
+            let mut info: HashMap<String, Value> = HashMap::new();
+            let mut kv = consumer.into_array().into_iter();
+            while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+                if let Some(k) = k.into_string() {
+                    info.insert(k, v);
+                }
+            }
+            let name = info.get("name").and_then(|v| v.as_string()).unwrap_or_default();
+            let pending = info.get("pending").and_then(|v| v.as_u64()).unwrap_or(1);
+            let idle = info.get("idle").and_then(|v| v.as_u64()).unwrap_or(0);
+            if name.is_empty() || name == keep || pending > 0 || idle < idle_ms {
+                continue;
+            }
+            let _: Value = self
+                .client
+                .custom(
+                    cmd("XGROUP"),
+                    vec!["DELCONSUMER", key.as_str(), OUTBOX_GROUP, name.as_str()],
+                )
+                .await?;
+            gone += 1;
+        }
+        Ok(gone)
+    }
+
+    /// Relay: acknowledges and deletes published entries of partition `p`, in one round trip.
+    pub async fn outbox_done(&self, p: Partition, ids: &[String]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let key = p.outbox();
+        let mut ack = vec![key.clone(), OUTBOX_GROUP.to_string()];
+        ack.extend(ids.iter().cloned());
+        let mut del = vec![key];
+        del.extend(ids.iter().cloned());
+        let pipeline = self.client.pipeline();
+        let _: () = pipeline.custom(cmd("XACK"), ack).await?;
+        let _: () = pipeline.custom(cmd("XDEL"), del).await?;
+        let _: Vec<Value> = pipeline.all().await?;
+        Ok(())
+    }
+
+    /// Entries waiting in every partition's outbox.
+    pub async fn outbox_len(&self) -> Result<u64, Error> {
+        Ok(self.outbox_stats().await?.0)
+    }
+
+    /// Entries waiting in every partition's outbox, and when the oldest was written (ms since
+    /// the epoch; a stream id starts with its time).
+    pub async fn outbox_stats(&self) -> Result<(u64, Option<u64>), Error> {
+        let pipeline = self.client.pipeline();
+        for p in self.layout.all() {
+            let key = p.outbox();
+            let _: () = pipeline.xlen(key.as_str()).await?;
+            let _: () = pipeline
+                .custom(
+                    cmd("XRANGE"),
+                    vec![key, "-".into(), "+".into(), "COUNT".into(), "1".into()],
+                )
+                .await?;
+        }
+        let replies: Vec<Value> = pipeline.all().await?;
+        let (mut len, mut oldest) = (0u64, None::<u64>);
+        let mut it = replies.into_iter();
+        while let (Some(n), Some(first)) = (it.next(), it.next()) {
+            len += n.as_u64().unwrap_or(0);
+            let first_ms = match first {
+                Value::Array(entries) => entries.first().and_then(|e| match e {
+                    Value::Array(parts) => parts.first().and_then(|id| id.as_string()),
+                    _ => None,
+                }),
+                _ => None,
+            }
+            .and_then(|id| id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()));
+            if let Some(ms) = first_ms {
+                oldest = Some(oldest.map_or(ms, |o: u64| o.min(ms)));
+            }
+        }
+        Ok((len, oldest))
+    }
+}
+
+/// Parses stream entries `[[id, [k, v, ...]], ...]`.
+fn parse_entries(v: Value) -> Result<Vec<OutboxEntry>, Error> {
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    v.into_array()
+        .into_iter()
+        .map(|entry| {
+            let mut parts = entry.into_array().into_iter();
+            let stream_id = parts
+                .next()
+                .and_then(|v| v.into_string())
+                .ok_or_else(|| Error::Corrupt("stream entry without id".into()))?;
+            let mut fields = HashMap::new();
+            let mut kv = parts.next().map(|v| v.into_array()).unwrap_or_default().into_iter();
+            while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+                if let (Some(k), Some(v)) = (k.into_string(), v.into_string()) {
+                    fields.insert(k, v);
+                }
+            }
+            if let Some(packed) = fields.remove("m") {
+                // An undecodable entry gets an unknown kind: the relay logs and drops it rather
+                // than stall on it.
+                fields = unpack_outbox(&packed).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "undecodable outbox entry");
+                    HashMap::from([("kind".to_string(), "undecodable".to_string())])
+                });
+            }
+            Ok(OutboxEntry { stream_id, fields })
+        })
+        .collect()
+}
+
+/// Names of the values of a packed outbox entry (field `m`, a JSON array; see `outbox` in
+/// lib.lua), in order.
+const OUTBOX_FIELDS: [&str; 12] = [
+    "kind",
+    "id",
+    "queue",
+    "type",
+    "attempt",
+    "state",
+    "worker_id",
+    "ts",
+    "error",
+    "seq",
+    "tp",
+    "sfx",
+];
+
+/// Decodes a packed outbox entry into its named fields.
+fn unpack_outbox(packed: &str) -> Result<HashMap<String, String>, Error> {
+    let values: Vec<serde_json::Value> =
+        serde_json::from_str(packed).map_err(|e| Error::Corrupt(format!("outbox entry {packed:?}: {e}")))?;
+    if values.len() != OUTBOX_FIELDS.len() {
+        return Err(Error::Corrupt(format!("outbox entry of {} values", values.len())));
+    }
+    // Values are strings; a number (cjson encodes Lua numbers as such) is taken as its text.
+    let text = |v: serde_json::Value| match v {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(Error::Corrupt(format!("outbox value {other}"))),
+    };
+    OUTBOX_FIELDS
+        .iter()
+        .zip(values)
+        .map(|(k, v)| Ok((k.to_string(), text(v)?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_outbox_entries_unpack_to_named_fields() {
+        let m = r#"["failed","j1","q","noop","2","SCHEDULED","w-1","1700","bad \"x\" | y","4","00-ab-cd-01",""]"#;
+        let f = unpack_outbox(m).unwrap();
+        assert_eq!(f["kind"], "failed");
+        assert_eq!(f["error"], "bad \"x\" | y");
+        assert_eq!(f["seq"], "4");
+        assert_eq!(f["tp"], "00-ab-cd-01");
+        assert_eq!(f["sfx"], "");
+        assert!(unpack_outbox(r#"["run","j1"]"#).is_err());
+        // A number where a string belongs is read as its text.
+        let n = unpack_outbox(r#"["run","j1","q","t",1,"QUEUED","",1700,"",0,"",":s1"]"#).unwrap();
+        assert_eq!(
+            (n["attempt"].as_str(), n["seq"].as_str(), n["sfx"].as_str()),
+            ("1", "0", ":s1")
+        );
+        assert!(unpack_outbox(r#"["run","j1","q","t",[1],"QUEUED","",1700,"",0,"",""]"#).is_err());
+        assert!(unpack_outbox("not json").is_err());
+        // An undecodable entry in a stream reply is dropped by the relay, not fatal to the batch.
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::from("1-0"),
+            Value::Array(vec![Value::from("m"), Value::from("{")]),
+        ])]);
+        let entries = parse_entries(reply).unwrap();
+        assert_eq!(entries[0].fields["kind"], "undecodable");
+        assert!(crate::bus::outgoing(&entries[0].fields).is_none());
+    }
+}

@@ -1,0 +1,91 @@
+//! The background steps' writes: due timers (schedules, leases, retention) and the sweeper's
+//! re-written run messages. Each step reads what it needs first, then hands every key to one
+//! script in the partition, which checks everything again: safe with any number of replicas.
+
+use fred::prelude::*;
+use fred::types::Value;
+
+use super::{Error, Partition, Store};
+
+/// What one timers step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// Jobs whose timer was due (at most the limit asked for; that many means "more").
+    pub due: usize,
+    /// SCHEDULED → QUEUED.
+    pub promoted: u64,
+    /// RUNNING past its lease → a failed attempt.
+    pub reaped: u64,
+    /// Finished jobs past their retention, deleted.
+    pub expired: u64,
+}
+
+/// A job named to the sweeper: its id and the attempts the run stream holds for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepCandidate {
+    pub id: String,
+    pub attempts_in_stream: Vec<u32>,
+}
+
+impl Store {
+    /// One timers step in partition `p`: handles up to `limit` jobs whose timer is due by
+    /// Redis's clock (see tick.lua).
+    pub async fn tick(&self, p: Partition, limit: usize) -> Result<Tick, Error> {
+        let ids: Vec<String> = self
+            .eval(&self.scripts.due, p, Vec::new(), vec![limit.to_string()])
+            .await?;
+        if ids.is_empty() {
+            return Ok(Tick::default());
+        }
+        // The idempotency keys of finished jobs go with them: read their names first.
+        let pipeline = self.client.pipeline();
+        for id in &ids {
+            let _: () = pipeline.hmget(p.job(id), vec!["queue", "idem_key"]).await?;
+        }
+        let fields: Vec<Value> = pipeline.all().await?;
+        let mut keys = Vec::with_capacity(ids.len() * 3);
+        for (id, f) in ids.iter().zip(fields) {
+            let mut f = f.into_array().into_iter().map(|v| v.into_string());
+            let record = p.job(id);
+            keys.push(record.clone());
+            keys.push(p.payload(id));
+            keys.push(match (f.next().flatten(), f.next().flatten()) {
+                (Some(queue), Some(key)) if !key.is_empty() => p.idem(&queue, &key),
+                _ => record,
+            });
+        }
+        let mut args = vec![rand::random::<f64>().to_string()];
+        args.extend(ids.iter().cloned());
+        let counts: Vec<u64> = self.eval(&self.scripts.tick, p, keys, args).await?;
+        let get = |i: usize| counts.get(i).copied().unwrap_or(0);
+        Ok(Tick {
+            due: ids.len(),
+            promoted: get(0),
+            reaped: get(1),
+            expired: get(2),
+        })
+    }
+
+    /// Writes the run message again for those of `jobs` (all in partition `p`) that are still
+    /// QUEUED on an attempt the run stream lacks, queued more than `age_ms` ago, and whose
+    /// first message has left the outbox (see sweep.lua). Returns how many.
+    pub async fn sweep(&self, p: Partition, age_ms: u64, jobs: &[SweepCandidate]) -> Result<u64, Error> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let keys = jobs.iter().map(|j| p.job(&j.id)).collect();
+        let mut args = Vec::with_capacity(1 + jobs.len() * 2);
+        args.push(age_ms.to_string());
+        for j in jobs {
+            args.push(j.id.clone());
+            let mut present = String::from(",");
+            for a in &j.attempts_in_stream {
+                present.push_str(&a.to_string());
+                present.push(',');
+            }
+            args.push(present);
+        }
+        let n: i64 = self.eval(&self.scripts.sweep, p, keys, args).await?;
+        Ok(n.max(0) as u64)
+    }
+}
