@@ -364,6 +364,11 @@ impl Stack {
 
     /// Like [`Stack::start`], with a change to the test configuration.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Stack {
+        Self::start_on(Topology::from_env(), tweak).await
+    }
+
+    /// Like [`Stack::start_with`] on a given Redis topology.
+    pub async fn start_on(topology: Topology, tweak: impl FnOnce(&mut Config)) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let Servers {
             redis,
@@ -373,7 +378,7 @@ impl Stack {
             nats,
             redis_port,
             nats_port,
-        } = start_servers(dir.path(), true);
+        } = start_servers_on(dir.path(), true, topology);
         let mut config = test_config(&redis_url, nats_port);
         tweak(&mut config);
         let running = match dispatch::start(config.clone()).await {

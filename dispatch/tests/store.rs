@@ -1,0 +1,384 @@
+//! The store's v2 promises on real Redis (one node and a cluster), NATS and dispatch:
+//! retention deletes everything of a finished job, Redis returns to its size, a backlog does
+//! not multiply run messages, data of another layout is refused, jobs spread over every
+//! master of a cluster, and a graceful cluster failover under load loses nothing.
+
+use dispatch_testkit as common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::{Stack, Topology, eventually, redis_cli};
+use dispatch_client::pb::{self, JobState};
+use fred::prelude::*;
+use futures::StreamExt;
+use prost::Message;
+use serde_json::json;
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn create_many(s: &Stack, n: usize, job: serde_json::Value) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    let mut client = s.jobs().await;
+    while ids.len() < n {
+        let k = (n - ids.len()).min(1000);
+        let jobs: Vec<serde_json::Value> = (0..k).map(|_| job.clone()).collect();
+        let req: pb::CreateJobsRequest = serde_json::from_value(json!({ "jobs": jobs })).unwrap();
+        let resp = client.create_jobs(req).await.unwrap().into_inner();
+        ids.extend(resp.results.into_iter().map(|r| r.job.unwrap().id));
+    }
+    ids
+}
+
+async fn queues(s: &Stack) -> Vec<pb::QueueInfo> {
+    let r = s.jobs().await.list_queues(pb::ListQueuesRequest {}).await.unwrap();
+    r.into_inner().queues
+}
+
+/// Every id of `queue` (any state), paging with `page_size`.
+async fn list_all(s: &Stack, queue: &str, page_size: u32) -> Vec<String> {
+    let mut client = s.jobs().await;
+    let (mut ids, mut token) = (Vec::new(), String::new());
+    loop {
+        let r = client
+            .list_jobs(pb::ListJobsRequest {
+                queue: queue.into(),
+                page_size,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(r.jobs.into_iter().map(|j| j.id));
+        if r.next_page_token.is_empty() {
+            return ids;
+        }
+        token = r.next_page_token;
+    }
+}
+
+async fn not_found(s: &Stack, id: &str) -> bool {
+    let r = s.jobs().await.get_job(pb::GetJobRequest { id: id.into() }).await;
+    matches!(r, Err(e) if e.code() == Code::NotFound)
+}
+
+/// Pass: a job with 1 s retention is gone (gRPC NOT_FOUND, REST 404) a few seconds after it
+/// finished, and neither ListJobs nor ListQueues counts it; 0 keeps nothing; a queue's own
+/// retention applies to its jobs; a job with the default retention stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn finished_jobs_expire_with_everything_of_theirs() {
+    let mut s = Stack::start_with(|c| {
+        c.retention.queues.insert(
+            "brief".into(),
+            dispatch::config::QueueRetention {
+                succeeded_ms: Some(1_000),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    s.spawn_builtin_worker(&[("short", 4), ("brief", 4), ("kept", 4)]);
+    let short = s
+        .create(
+            json!({"queue":"short","type":"noop","payload":{"x":1},"options":{"retention":"1s","idempotencyKey":"k1"}}),
+        )
+        .await
+        .job
+        .unwrap();
+    let zero = s
+        .create(json!({"queue":"short","type":"noop","options":{"retention":"0s"}}))
+        .await
+        .job
+        .unwrap();
+    let brief = s.create(json!({"queue":"brief","type":"noop"})).await.job.unwrap();
+    let kept = s.create(json!({"queue":"kept","type":"noop"})).await.job.unwrap();
+    let done = s.wait_state(&short.id, JobState::Succeeded, T).await;
+    let finished = Instant::now();
+    assert!(done.finished_at.is_some());
+    for id in [&short.id, &zero.id, &brief.id] {
+        eventually("the job to expire", Duration::from_secs(5), || async {
+            not_found(&s, id).await.then_some(())
+        })
+        .await;
+    }
+    assert!(
+        finished.elapsed() >= Duration::from_millis(900),
+        "kept for its retention"
+    );
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("http://{}/api/job/{}", s.http, short.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
+    assert!(list_all(&s, "short", 100).await.is_empty());
+    assert!(list_all(&s, "brief", 100).await.is_empty());
+    eventually("the emptied queues to leave ListQueues", T, || async {
+        let names: Vec<String> = queues(&s).await.into_iter().map(|q| q.name).collect();
+        (!names.contains(&"short".to_string()) && !names.contains(&"brief".to_string())).then_some(names)
+    })
+    .await;
+    // The default retention (24 h) keeps the other one, counted.
+    s.wait_state(&kept.id, JobState::Succeeded, T).await;
+    let q = queues(&s).await;
+    assert_eq!(q.iter().find(|q| q.name == "kept").map(|q| q.succeeded), Some(1));
+    // The idempotency key went with its job: the same key creates a new job.
+    let again = s
+        .create(json!({"queue":"short","type":"noop","options":{"idempotencyKey":"k1"}}))
+        .await;
+    assert!(again.created);
+    assert_ne!(again.job.unwrap().id, short.id);
+    s.stop().await;
+}
+
+async fn redis_size(c: &Client) -> (u64, u64) {
+    let keys: u64 = c.dbsize().await.unwrap();
+    let info: String = c.info(Some(fred::types::InfoKind::Memory)).await.unwrap();
+    let used = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    (keys, used)
+}
+
+/// Every key with its MEMORY USAGE, for a failure message.
+async fn key_sizes(c: &Client) -> String {
+    let cmd = |name| fred::types::CustomCommand::new_static(name, fred::types::ClusterHash::FirstKey, false);
+    let keys: Vec<String> = c.custom(cmd("KEYS"), vec!["*"]).await.unwrap();
+    let mut out = String::new();
+    for k in keys {
+        let n: Option<u64> = c
+            .custom(cmd("MEMORY"), vec!["USAGE", k.as_str(), "SAMPLES", "0"])
+            .await
+            .unwrap();
+        out.push_str(&format!("{k}: {n:?}\n"));
+    }
+    out
+}
+
+/// Pass: after 10,000 jobs finish and expire, Redis holds as many keys as before and its
+/// used_memory is within 5% of where it started (after a warm-up of 1,000 jobs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_returns_to_its_size_after_jobs_expire() {
+    let mut s = Stack::start_on(Topology::Single, |c| {
+        c.retention.succeeded_ms = 500;
+    })
+    .await;
+    let redis = dispatch::store::redis_client(&s.config.redis_url).unwrap();
+    redis.init().await.unwrap();
+    let (keys_empty, _) = redis_size(&redis).await;
+    s.spawn_builtin_worker(&[("bulk", 200)]);
+    // Warm up first: Redis keeps what its first use grows once (the Lua heap, client buffers)
+    // and that is not per job.
+    create_many(&s, 1_000, json!({"queue":"bulk","type":"noop","payload":{"n":1}})).await;
+    eventually("the warm-up jobs to expire", Duration::from_secs(60), || async {
+        (redis_size(&redis).await.0 == keys_empty && queues(&s).await.is_empty()).then_some(())
+    })
+    .await;
+    let (keys0, mem0) = redis_size(&redis).await;
+    let ids = create_many(&s, 10_000, json!({"queue":"bulk","type":"noop","payload":{"n":1}})).await;
+    assert_eq!(ids.len(), 10_000);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (keys1, mem1) = loop {
+        let (k, m) = redis_size(&redis).await;
+        let close = (m as f64 - mem0 as f64).abs() <= mem0 as f64 * 0.05;
+        if k == keys0 && close && queues(&s).await.is_empty() {
+            break (k, m);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 120 s: DBSIZE {keys0} -> {k}, used_memory {mem0} -> {m}, queues {:?}\n{}",
+            queues(&s).await,
+            key_sizes(&redis).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("DBSIZE {keys0} -> {keys1}; used_memory {mem0} -> {mem1}");
+    assert!(not_found(&s, &ids[0]).await && not_found(&s, &ids[9_999]).await);
+    s.stop().await;
+}
+
+/// Pass: 20,000 jobs wait on a queue no worker serves, with sweep_after_ms = 1000; 30 s later
+/// the run stream holds at most 20,000 + 1% messages, and a worker started then runs every
+/// job on its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_does_not_multiply_run_messages() {
+    let mut s = Stack::start_with(|c| c.loops.sweep_after_ms = 1_000).await;
+    let ids = create_many(&s, 20_000, json!({"queue":"backlog","type":"noop"})).await;
+    let js = async_nats::jetstream::new(s.nats_client().await);
+    let stream = js.get_stream("DISPATCH_RUN").await.unwrap();
+    let messages = || {
+        let st = stream.clone();
+        async move { st.get_info().await.unwrap().state.messages }
+    };
+    eventually("every run message published", T, || async {
+        (messages().await >= 20_000).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let held = messages().await;
+    println!("run stream after 30 s: {held} messages for 20,000 jobs");
+    assert!(held <= 20_200, "{held} run messages for 20,000 jobs");
+    s.spawn_builtin_worker(&[("backlog", 500)]);
+    let started = Instant::now();
+    eventually("the backlog to drain", Duration::from_secs(120), || async {
+        let q = queues(&s).await;
+        q.iter()
+            .find(|q| q.name == "backlog")
+            .is_some_and(|q| q.succeeded == 20_000)
+            .then_some(())
+    })
+    .await;
+    println!("drained in {:?}", started.elapsed());
+    for id in ids.iter().step_by(997) {
+        assert_eq!(s.get(id).await.attempt, 1);
+    }
+    eventually("the run stream to empty", T, || async {
+        (messages().await == 0).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
+
+/// Pass: a Redis holding the layout before partitions, or another partition count, is
+/// refused at start with a message that says what to do; nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_of_another_layout_is_refused_at_start() {
+    let s = Stack::start_on(Topology::Single, |_| {}).await;
+    let mut other = s.config.clone();
+    other.redis.partitions = 8;
+    let err = dispatch::start(other)
+        .await
+        .err()
+        .expect("another partition count is refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("16 partitions") && msg.contains("redis.partitions = 16"),
+        "{msg}"
+    );
+
+    // A Redis with keys of the first layout.
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = common::start_servers_on(dir.path(), false, Topology::Single);
+    let url = legacy.redis_url.clone();
+    let c = dispatch::store::redis_client(&url).unwrap();
+    c.init().await.unwrap();
+    let _: () = c.sadd("dispatch:queues", "default").await.unwrap();
+    let err = dispatch::store::Store::connect(&url, Default::default())
+        .await
+        .err()
+        .expect("the old layout is refused");
+    assert!(err.to_string().contains("before partitions"), "{err}");
+    let keys: u64 = c.dbsize().await.unwrap();
+    assert_eq!(keys, 1, "nothing written next to the old layout");
+    s.stop().await;
+}
+
+/// Pass: on a 3-master Redis Cluster (one seed node in the URL) jobs run, every master holds
+/// some of them, and ListJobs pages through all of them exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_spread_over_every_master_of_a_cluster() {
+    let mut s = Stack::start_on(
+        Topology::Cluster {
+            masters: 3,
+            replicas: 0,
+        },
+        |_| {},
+    )
+    .await;
+    assert!(s.config.redis_url.starts_with("redis-cluster://"));
+    let ids = create_many(&s, 300, json!({"queue":"spread","type":"noop"})).await;
+    s.spawn_builtin_worker(&[("spread", 32)]);
+    for id in &ids {
+        s.wait_state(id, JobState::Succeeded, T).await;
+    }
+    for port in s.redis_ports.clone() {
+        let n: u64 = redis_cli(port, &["dbsize"]).trim().parse().unwrap();
+        assert!(n > 30, "master {port} holds {n} keys");
+    }
+    let listed = list_all(&s, "spread", 7).await;
+    assert_eq!(listed.len(), 300);
+    assert_eq!(listed.iter().collect::<HashSet<_>>().len(), 300);
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "ListJobs is in id order across partitions");
+    s.stop().await;
+}
+
+/// Pass: `CLUSTER FAILOVER` (graceful) on a master while jobs are created and run: every
+/// job succeeds (lost 0), each completion is published once (completed twice 0), none is
+/// left behind (stuck 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_graceful_cluster_failover_under_load_loses_nothing() {
+    let s = Stack::start_on(
+        Topology::Cluster {
+            masters: 3,
+            replicas: 1,
+        },
+        |c| {
+            c.loops.sweep_after_ms = 2_000;
+        },
+    )
+    .await;
+    let nats = s.nats_client().await;
+    let mut complete = nats.subscribe("job_complete.>").await.unwrap();
+    nats.flush().await.unwrap();
+    let _workers: Vec<_> = (0..2)
+        .map(|i| s.spawn_worker_process(&format!("fo-{i}"), "failover", 32, 3))
+        .collect();
+    let replica = s
+        .redis_ports
+        .iter()
+        .copied()
+        .find(|p| redis_cli(*p, &["role"]).starts_with("slave"))
+        .expect("a replica");
+    let mut ids = Vec::new();
+    for round in 0..10 {
+        ids.extend(
+            create_many(
+                &s,
+                200,
+                json!({"queue":"failover","type":"sleep","payload":{"durationMs": 20}}),
+            )
+            .await,
+        );
+        if round == 3 {
+            let out = redis_cli(replica, &["cluster", "failover"]);
+            assert!(out.contains("OK"), "CLUSTER FAILOVER: {out}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually("the replica to be a master", T, || async {
+        redis_cli(replica, &["role"]).starts_with("master").then_some(())
+    })
+    .await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    tokio::time::timeout(Duration::from_secs(90), async {
+        while seen.len() < ids.len() {
+            let m = complete.next().await.unwrap();
+            *seen.entry(pb::JobEvent::decode(m.payload).unwrap().job_id).or_default() += 1;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("lost or stuck: {} of {} completed", seen.len(), ids.len()));
+    // Anything published twice arrives within the relay's next rounds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while let Some(Some(m)) = futures::FutureExt::now_or_never(complete.next()) {
+        *seen.entry(pb::JobEvent::decode(m.payload).unwrap().job_id).or_default() += 1;
+    }
+    let twice = seen.values().filter(|n| **n > 1).count();
+    let stuck = ids.iter().filter(|id| !seen.contains_key(*id)).count();
+    println!(
+        "failover: {} jobs, lost 0, completed twice {twice}, stuck {stuck}",
+        ids.len()
+    );
+    assert_eq!((twice, stuck), (0, 0));
+    for id in ids.iter().step_by(97) {
+        assert_eq!(s.get(id).await.state, JobState::Succeeded as i32);
+    }
+    s.stop().await;
+}
