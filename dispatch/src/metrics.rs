@@ -16,6 +16,32 @@ const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
 ];
 
+/// Distinct queue names, and job types, that get labels of their own; beyond, callers'
+/// names share the label [`OTHER`], so a caller cannot grow the metrics without bound.
+pub const MAX_LABEL_VALUES: usize = 500;
+/// The label shared by the names beyond [`MAX_LABEL_VALUES`].
+pub const OTHER: &str = "_other";
+
+/// A bounded set of label values: the first `cap` seen keep their name.
+#[derive(Default)]
+struct Capped {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Capped {
+    fn label<'a>(&self, value: &'a str, cap: usize) -> &'a str {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(value) {
+            return value;
+        }
+        if seen.len() < cap {
+            seen.insert(value.to_string());
+            return value;
+        }
+        OTHER
+    }
+}
+
 /// The metrics of one dispatch. Cheap to clone (the collectors are shared).
 #[derive(Clone)]
 pub struct Metrics {
@@ -39,6 +65,8 @@ pub struct Metrics {
     outbox_age: prometheus::Gauge,
     scrape_errors: IntCounter,
     pub relay_batch: Histogram,
+    queues: std::sync::Arc<Capped>,
+    types: std::sync::Arc<Capped>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -173,16 +201,31 @@ impl Metrics {
             outbox_age,
             scrape_errors,
             relay_batch,
+            queues: Default::default(),
+            types: Default::default(),
         }
+    }
+
+    /// The label of queue `q` (its name, or [`OTHER`] beyond the cap).
+    pub fn queue<'a>(&self, q: &'a str) -> &'a str {
+        self.queues.label(q, MAX_LABEL_VALUES)
+    }
+
+    /// The label of job type `t` (its name, or [`OTHER`] beyond the cap).
+    pub fn job_type<'a>(&self, t: &'a str) -> &'a str {
+        self.types.label(t, MAX_LABEL_VALUES)
     }
 
     /// Counts a claim: started, and the wait since the job became due.
     pub fn on_claim(&self, job: &JobRecord) {
-        self.started.with_label_values(&[&job.queue, &job.job_type]).inc();
+        let queue = self.queue(&job.queue);
+        self.started
+            .with_label_values(&[queue, self.job_type(&job.job_type)])
+            .inc();
         let start = job.started_at_ms.unwrap_or_else(now_ms);
         let waited = start.saturating_sub(job.run_at_ms.max(job.created_at_ms));
         self.enqueue_to_start
-            .with_label_values(&[&job.queue])
+            .with_label_values(&[queue])
             .observe(waited as f64 / 1000.0);
     }
 
@@ -200,7 +243,8 @@ impl Metrics {
 
     /// Counts an attempt that ended with the job in `state`.
     fn on_end(&self, queue: &str, job_type: &str, state: State, started_ms: Option<u64>) {
-        let labels = [queue, job_type];
+        let queue = self.queue(queue);
+        let labels = [queue, self.job_type(job_type)];
         if let Some(s) = started_ms {
             self.run_time
                 .with_label_values(&labels)
@@ -230,10 +274,10 @@ impl Metrics {
         let counts = store.queue_counts().await?;
         self.queue_depth.reset();
         for q in counts {
+            let queue = self.queue(&q.name);
             for (state, n) in &q.counts {
-                self.queue_depth
-                    .with_label_values(&[q.name.as_str(), state])
-                    .set(*n as i64);
+                // Added, not set: the queues beyond the cap share one series.
+                self.queue_depth.with_label_values(&[queue, state]).add(*n as i64);
             }
         }
         let (len, oldest_ms) = store.outbox_stats().await?;
@@ -247,5 +291,26 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_beyond_the_cap_share_one_label() {
+        let c = Capped::default();
+        assert_eq!(c.label("a", 2), "a");
+        assert_eq!(c.label("b", 2), "b");
+        assert_eq!(c.label("c", 2), OTHER);
+        assert_eq!(c.label("a", 2), "a", "a name seen before keeps its label");
+        let m = Metrics::new();
+        for i in 0..MAX_LABEL_VALUES + 10 {
+            let q = format!("q{i}");
+            m.created.with_label_values(&[m.queue(&q), m.job_type("t")]).inc();
+        }
+        let series = prometheus::core::Collector::collect(&m.created)[0].get_metric().len();
+        assert_eq!(series, MAX_LABEL_VALUES + 1);
     }
 }

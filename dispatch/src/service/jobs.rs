@@ -38,7 +38,10 @@ impl JobApi {
             self.0
                 .metrics
                 .created
-                .with_label_values(&[&created.job.queue, &created.job.job_type])
+                .with_label_values(&[
+                    self.0.metrics.queue(&created.job.queue),
+                    self.0.metrics.job_type(&created.job.job_type),
+                ])
                 .inc();
             tracing::info!(job_id = %created.job.id, queue = %created.job.queue, job_type = %created.job.job_type, attempt = created.job.attempt, "job created");
         }
@@ -274,7 +277,8 @@ impl JobService for JobApi {
                 .map_err(|e| self.0.store_err(e))?;
             super::note_job(&job);
             if job.state == store::State::Cancelled {
-                self.0.metrics.cancelled.with_label_values(&[&job.queue]).inc();
+                let queue = self.0.metrics.queue(&job.queue);
+                self.0.metrics.cancelled.with_label_values(&[queue]).inc();
             }
             tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, state = job.state.as_str(), "job cancel requested");
             self.0.relay_wake.job(&job.id);
