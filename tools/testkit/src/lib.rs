@@ -102,6 +102,87 @@ fn spawn_nats(dir: &std::path::Path, port: u16) -> Proc {
     )
 }
 
+/// A NATS cluster on loopback: nodes with JetStream, routed to each other, each storing under
+/// `dir/nats-<i>/` and logging to `dir/nats-<i>.log`. Nodes can be killed and restarted.
+pub struct NatsCluster {
+    dir: PathBuf,
+    /// Client port and cluster (route) port of each node.
+    pub ports: Vec<(u16, u16)>,
+    procs: Vec<Option<Proc>>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes and waits until each is ready and JetStream has a metadata leader.
+    pub fn start(dir: &std::path::Path, n: usize) -> NatsCluster {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let mut c = NatsCluster {
+            dir: dir.to_path_buf(),
+            ports,
+            procs: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            c.restart(i);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(0..n).any(|i| c.log(i).contains("JetStream cluster new metadata leader")) {
+            assert!(
+                Instant::now() < deadline,
+                "no JetStream leader after 30 s:\n{}",
+                c.log(0)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    /// The client URL of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i].0)
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("nats-{i}.log"))
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    /// Kills node `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        self.procs[i] = None;
+    }
+
+    /// Starts node `i` (again, on its ports and store) and waits until it is ready.
+    pub fn restart(&mut self, i: usize) {
+        let routes: Vec<String> = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, (_, c))| format!("nats://127.0.0.1:{c}"))
+            .collect();
+        let (port, cluster) = self.ports[i];
+        let (dir, log) = (self.dir.join(format!("nats-{i}")), self.log_path(i));
+        let mut proc = None;
+        restart_and_wait(&log, "Server is ready", "nats-server (cluster node)", || {
+            proc = Some(Proc(
+                Command::new(nats_server_bin())
+                    .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                    .arg(&dir)
+                    .args(["-n", &format!("node-{i}"), "--cluster_name", "dispatch"])
+                    .args(["--cluster", &format!("nats://127.0.0.1:{cluster}")])
+                    .args(["--routes", &routes.join(",")])
+                    .arg("-l")
+                    .arg(&log)
+                    .spawn()
+                    .expect("nats-server (run tools/install.sh)"),
+            ));
+        });
+        self.procs[i] = proc;
+    }
+}
+
 /// Starts redis-server on `port` with its data (AOF on) and log under `dir`.
 pub fn spawn_redis(dir: &std::path::Path, port: u16) -> Proc {
     spawn_redis_with(dir, port, true)
@@ -504,10 +585,24 @@ impl Stack {
         lease_s: u64,
         grace_s: u64,
     ) -> Proc {
+        let nats = format!("nats://127.0.0.1:{}", self.nats_port);
+        self.spawn_worker_process_at(&nats, id, queue, concurrency, lease_s, grace_s)
+    }
+
+    /// Like [`Stack::spawn_worker_process_with`], connected to the NATS server at `nats_url`.
+    pub fn spawn_worker_process_at(
+        &self,
+        nats_url: &str,
+        id: &str,
+        queue: &str,
+        concurrency: usize,
+        lease_s: u64,
+        grace_s: u64,
+    ) -> Proc {
         Proc(
             Command::new(worker_bin())
                 .args(["--worker-id", id, "--dispatch-url", &self.url()])
-                .args(["--nats-url", &format!("nats://127.0.0.1:{}", self.nats_port)])
+                .args(["--nats-url", nats_url])
                 .args(["--queues", &format!("{queue}={concurrency}")])
                 .args([
                     "--lease-s",
