@@ -12,15 +12,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Loops, Streams};
 use crate::metrics::Metrics;
-use crate::relay::Wake;
 use crate::store::{self, Partition, Store, SweepCandidate};
 
 /// Jobs per script call.
@@ -34,21 +35,26 @@ pub async fn run(
     js: jetstream::Context,
     cfg: Loops,
     streams: Streams,
-    wake: Wake,
+    wake: Arc<Notify>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let timers: Vec<_> = store
-        .layout()
-        .all()
-        .map(|p| {
+    // One task for every partition's timers: one wake-up per interval, the partitions' steps
+    // sent together.
+    let timers = {
+        let (store, wake, metrics) = (store.clone(), wake.clone(), metrics.clone());
+        every("timers", cfg.scheduler_interval_ms, shutdown.clone(), move || {
             let (store, wake, metrics) = (store.clone(), wake.clone(), metrics.clone());
-            every("timers", cfg.scheduler_interval_ms, shutdown.clone(), move || {
-                let (store, wake, metrics) = (store.clone(), wake.clone(), metrics.clone());
-                async move { timers_step(&store, p, &wake, &metrics).await }
-            })
+            async move {
+                let steps = store.layout().all().map(|p| timers_step(&store, p, &wake, &metrics));
+                let mut more = false;
+                for r in futures::future::join_all(steps).await {
+                    more |= r?;
+                }
+                Ok(more)
+            }
         })
-        .collect();
+    };
     let sweeper = every("sweeper", cfg.sweeper_interval_ms, shutdown.clone(), move || {
         let (store, js, wake, metrics) = (store.clone(), js.clone(), wake.clone(), metrics.clone());
         let (age, run_stream) = (cfg.sweep_after_ms, streams.run_stream.clone());
@@ -58,15 +64,15 @@ pub async fn run(
             Ok(false)
         }
     });
-    tokio::join!(futures::future::join_all(timers), sweeper);
+    tokio::join!(timers, sweeper);
 }
 
 /// Handles due timers of partition `p` until fewer than a batch are due. Returns whether a
 /// whole batch was handled (more may be due).
-async fn timers_step(store: &Store, p: Partition, wake: &Wake, metrics: &Metrics) -> Result<bool, Failure> {
+async fn timers_step(store: &Store, p: Partition, wake: &Notify, metrics: &Metrics) -> Result<bool, Failure> {
     let t = store.tick(p, BATCH).await?;
     if t.promoted + t.reaped > 0 {
-        wake.partition(p);
+        wake.notify_one();
         tracing::debug!(
             partition = p.0,
             promoted = t.promoted,
@@ -94,7 +100,7 @@ async fn sweep(
     js: &jetstream::Context,
     run_stream: &str,
     age_ms: u64,
-    wake: &Wake,
+    wake: &Notify,
 ) -> Result<u64, Failure> {
     let counts = store.queue_counts().await?;
     let queued: Vec<(String, u64)> = counts
@@ -120,7 +126,21 @@ async fn sweep(
         if held >= n {
             continue;
         }
-        // Fewer messages than QUEUED jobs: find out which jobs lack theirs.
+        // Fewer messages than QUEUED jobs. Nothing to do unless a job has waited longer than
+        // age_ms (a queue under load is always a little behind its outbox): ids are UUIDv7,
+        // so the oldest QUEUED id tells how long the oldest job exists.
+        let oldest = store
+            .list_ids(std::slice::from_ref(&queue), &[store::State::Queued], "", 1)
+            .await?;
+        let now = store.time_ms().await?;
+        if oldest
+            .first()
+            .and_then(|id| id_time_ms(id))
+            .is_some_and(|t| now.saturating_sub(t) < age_ms)
+        {
+            continue;
+        }
+        // Find out which jobs lack their message.
         let present = if held > 0 {
             messages_of(&stream, &subject, held).await?
         } else {
@@ -141,13 +161,19 @@ async fn sweep(
                 n_p += store.sweep(p, age_ms, chunk).await?;
             }
             if n_p > 0 {
-                wake.partition(p);
+                wake.notify_one();
                 tracing::info!(queue = %queue, partition = p.0, jobs = n_p, "run messages missing from the run stream written again");
             }
             written += n_p;
         }
     }
     Ok(written)
+}
+
+/// The creation time (ms since the epoch) written in a UUIDv7 job id; `None` for other ids.
+fn id_time_ms(id: &str) -> Option<u64> {
+    let hex: String = id.chars().filter(|c| *c != '-').take(12).collect();
+    (hex.len() == 12).then(|| u64::from_str_radix(&hex, 16).ok()).flatten()
 }
 
 /// Messages per subject in the run stream.
@@ -219,5 +245,22 @@ where
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_id_tells_when_it_was_made() {
+        let layout = store::Layout { partitions: 16 };
+        let before = store::now_ms();
+        let id = layout.new_id(Partition(3));
+        let t = id_time_ms(&id).unwrap();
+        assert!(t >= before && t <= store::now_ms(), "{t} not within the call");
+        assert_eq!(id_time_ms("0190a5b2-7c3d-7e8f-9a0b-1c2d3e4f0003"), Some(0x0190a5b27c3d));
+        assert_eq!(id_time_ms("short"), None);
+        assert_eq!(id_time_ms("zzzzzzzz-zzzz"), None);
     }
 }

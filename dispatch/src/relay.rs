@@ -1,11 +1,12 @@
 //! The outbox relay: publishes outbox entries to JetStream and deletes each one only after
-//! its publish ack. Batched: one read, all publishes in flight at once, one ack/delete.
+//! its publish ack. Batched: one read of every partition's outbox (one pipeline), all
+//! publishes in flight at once, one ack/delete per partition (one pipeline).
 //!
-//! Each partition has its own outbox and, in each dispatch, its own relay task. Several
-//! dispatch replicas share an outbox through a Redis consumer group; entries left
-//! unacknowledged by a replica that died are taken over after `relay_claim_idle_ms`, and the
-//! group forgets consumers that are gone. A publish repeated after a crash is dropped by
-//! JetStream's `Nats-Msg-Id` de-duplication.
+//! Several dispatch replicas share the outboxes through a Redis consumer group per partition;
+//! entries left unacknowledged by a replica that died are taken over after
+//! `relay_claim_idle_ms`, and consumers of replicas that are gone are removed after
+//! `relay_forget_idle_ms`. A publish repeated after a crash is dropped by JetStream's
+//! `Nats-Msg-Id` de-duplication.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,89 +18,22 @@ use tokio_util::sync::CancellationToken;
 use crate::bus;
 use crate::config::Loops;
 use crate::metrics::Metrics;
-use crate::store::{Layout, Partition, Store};
+use crate::store::{OutboxEntry, Partition, Store};
 
-/// Wakes the relay of a partition after a transition there wrote to its outbox. Cheap to
-/// clone.
-#[derive(Clone)]
-pub struct Wake {
-    layout: Layout,
-    notify: Arc<[Notify]>,
-}
-
-impl Wake {
-    pub fn new(layout: Layout) -> Wake {
-        Wake {
-            layout,
-            notify: layout.all().map(|_| Notify::new()).collect(),
-        }
-    }
-
-    /// After a transition of job `id`.
-    pub fn job(&self, id: &str) {
-        self.partition(self.layout.partition_of(id));
-    }
-
-    /// After transitions of jobs `ids`.
-    pub fn jobs<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
-        let mut seen = vec![false; self.notify.len()];
-        for id in ids {
-            let p = self.layout.partition_of(id);
-            if !std::mem::replace(&mut seen[p.0 as usize], true) {
-                self.partition(p);
-            }
-        }
-    }
-
-    /// After a write to partition `p`'s outbox.
-    pub fn partition(&self, p: Partition) {
-        if let Some(n) = self.notify.get(p.0 as usize) {
-            n.notify_one();
-        }
-    }
-
-    fn notified(&self, p: Partition) -> &Notify {
-        &self.notify[p.0 as usize]
-    }
-}
-
-/// Runs one relay per partition until `shutdown` is cancelled.
+/// Runs until `shutdown` is cancelled. `wake` is notified after every local transition.
 pub async fn run(
     store: Store,
     js: jetstream::Context,
     cfg: Loops,
     consumer: String,
-    wake: Wake,
+    wake: Arc<Notify>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let relays = store.layout().all().map(|p| {
-        run_partition(
-            p,
-            store.clone(),
-            js.clone(),
-            cfg.clone(),
-            consumer.clone(),
-            wake.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        )
-    });
-    futures::future::join_all(relays).await;
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_partition(
-    p: Partition,
-    store: Store,
-    js: jetstream::Context,
-    cfg: Loops,
-    consumer: String,
-    wake: Wake,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) {
-    let mut pending_first = true;
+    let partitions: Vec<Partition> = store.layout().all().collect();
+    // Per partition: read this consumer's unacknowledged entries first (a publish that failed,
+    // or entries taken over), before new ones.
+    let mut pending_first = vec![true; partitions.len()];
     let mut last_autoclaim = Instant::now();
     let mut failures = 0u32;
     loop {
@@ -108,31 +42,11 @@ async fn run_partition(
         }
         if last_autoclaim.elapsed() > Duration::from_millis(cfg.relay_claim_idle_ms / 2) {
             last_autoclaim = Instant::now();
-            match store
-                .outbox_autoclaim(p, &consumer, cfg.relay_claim_idle_ms, cfg.relay_batch)
-                .await
-            {
-                Ok(n) if n > 0 => {
-                    tracing::info!(
-                        entries = n,
-                        partition = p.0,
-                        "relay took over outbox entries of an idle relay"
-                    );
-                    pending_first = true;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "relay autoclaim failed"),
-            }
-            match store.outbox_forget_idle(p, &consumer, cfg.relay_forget_idle_ms).await {
-                Ok(n) if n > 0 => {
-                    tracing::info!(consumers = n, partition = p.0, "relay removed consumers of gone relays")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "relay cannot list the outbox consumers"),
-            }
+            housekeeping(&store, &partitions, &consumer, &cfg, &mut pending_first).await;
         }
-        let entries = match store.outbox_read(p, &consumer, cfg.relay_batch, pending_first).await {
-            Ok(e) => e,
+        let reads: Vec<(Partition, bool)> = partitions.iter().copied().zip(pending_first.iter().copied()).collect();
+        let batches = match store.outbox_read_many(&consumer, cfg.relay_batch, &reads).await {
+            Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "relay cannot read the outbox");
                 failures += 1;
@@ -140,36 +54,81 @@ async fn run_partition(
                 continue;
             }
         };
-        if entries.is_empty() {
-            if pending_first {
-                pending_first = false;
+        let total: usize = batches.iter().map(Vec::len).sum();
+        if total == 0 {
+            if pending_first.iter().any(|p| *p) {
+                pending_first.fill(false);
                 continue;
             }
             tokio::select! {
-                _ = wake.notified(p).notified() => {}
+                _ = wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(cfg.relay_poll_ms)) => {}
                 _ = shutdown.cancelled() => return,
             }
             continue;
         }
-        let full = entries.len() >= cfg.relay_batch;
-        metrics.relay_batch.observe(entries.len() as f64);
+        let full: Vec<bool> = batches.iter().map(|b| b.len() >= cfg.relay_batch).collect();
+        metrics.relay_batch.observe(total as f64);
+        let entries: Vec<(usize, OutboxEntry)> = batches
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, b)| b.into_iter().map(move |e| (i, e)))
+            .collect();
         let (done, failed) = publish_batch(&js, entries, &metrics).await;
-        if let Err(e) = store.outbox_done(p, &done).await {
+        let mut by_partition: Vec<(Partition, Vec<String>)> = partitions.iter().map(|p| (*p, Vec::new())).collect();
+        for (i, id) in done {
+            by_partition[i].1.push(id);
+        }
+        if let Err(e) = store.outbox_done_many(&by_partition).await {
             // The entries stay pending and are published again; dedup drops the repeat.
             tracing::warn!(error = %e, "relay cannot delete published entries");
         }
         if failed > 0 {
             failures += 1;
-            pending_first = true;
+            pending_first.fill(true);
             tracing::warn!(failed, "relay publishes failed; retrying");
             backoff(failures, &shutdown).await;
         } else {
             failures = 0;
             // A full batch means more may be waiting; a pending re-read found its end.
-            if !full {
-                pending_first = false;
+            for (p, f) in pending_first.iter_mut().zip(full) {
+                if !f {
+                    *p = false;
+                }
             }
+        }
+    }
+}
+
+/// Takes over entries of relays idle for `relay_claim_idle_ms`, and removes consumers of
+/// relays that are gone, in every partition.
+async fn housekeeping(
+    store: &Store,
+    partitions: &[Partition],
+    consumer: &str,
+    cfg: &Loops,
+    pending_first: &mut [bool],
+) {
+    for (i, p) in partitions.iter().enumerate() {
+        match store
+            .outbox_autoclaim(*p, consumer, cfg.relay_claim_idle_ms, cfg.relay_batch)
+            .await
+        {
+            Ok(n) if n > 0 => {
+                tracing::info!(
+                    entries = n,
+                    partition = p.0,
+                    "relay took over outbox entries of an idle relay"
+                );
+                pending_first[i] = true;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "relay autoclaim failed"),
+        }
+        match store.outbox_forget_idle(*p, consumer, cfg.relay_forget_idle_ms).await {
+            Ok(n) if n > 0 => tracing::info!(consumers = n, partition = p.0, "relay removed consumers of gone relays"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "relay cannot list the outbox consumers"),
         }
     }
 }
@@ -182,25 +141,26 @@ async fn backoff(failures: u32, shutdown: &CancellationToken) {
     }
 }
 
-/// Publishes every entry, then waits for all acks. Returns the stream ids published (and
-/// undecodable ones, which would never publish) and the count that failed.
+/// Publishes every entry (tagged with its partition's index), then waits for all acks.
+/// Returns the (partition index, stream id) of the entries published, and of undecodable ones,
+/// which would never publish, and the count that failed.
 async fn publish_batch(
     js: &jetstream::Context,
-    entries: Vec<crate::store::OutboxEntry>,
+    entries: Vec<(usize, OutboxEntry)>,
     metrics: &Metrics,
-) -> (Vec<String>, usize) {
+) -> (Vec<(usize, String)>, usize) {
     let mut done = Vec::with_capacity(entries.len());
     let mut acks = Vec::with_capacity(entries.len());
     let mut failed = 0;
-    for e in entries {
+    for (part, e) in entries {
         if e.fields.is_empty() {
             // Deleted already (acknowledged by another relay after a takeover).
-            done.push(e.stream_id);
+            done.push((part, e.stream_id));
             continue;
         }
         let Some(mut msg) = bus::outgoing(&e.fields) else {
             tracing::error!(entry = ?e, "outbox entry of unknown kind dropped");
-            done.push(e.stream_id);
+            done.push((part, e.stream_id));
             continue;
         };
         if dispatch_telemetry::exporting() && e.fields.get("kind").is_some_and(|k| k == "run") {
@@ -223,15 +183,35 @@ async fn publish_batch(
             }
         }
         match js.publish_with_headers(msg.subject, msg.headers, msg.payload).await {
-            Ok(ack) => acks.push((e.stream_id, ack)),
+            Ok(ack) => acks.push(((part, e.stream_id), ack)),
             Err(err) => {
                 tracing::warn!(error = %err, "publish failed");
                 metrics.nats_errors.with_label_values(&["publish"]).inc();
                 failed += 1;
             }
         }
+        // The client lets only so many acks be outstanding (a publish past that waits for one
+        // to be read): read them before that.
+        if acks.len() >= MAX_ACKS_IN_FLIGHT {
+            failed += await_acks(std::mem::take(&mut acks), &mut done, metrics).await;
+        }
     }
+    failed += await_acks(acks, &mut done, metrics).await;
+    (done, failed)
+}
+
+/// Publishes whose acks are read together; below async-nats's default limit of outstanding
+/// acks (5,000).
+const MAX_ACKS_IN_FLIGHT: usize = 2_048;
+
+/// Waits for `acks`; the published ones go to `done`. Returns how many failed.
+async fn await_acks(
+    acks: Vec<((usize, String), jetstream::context::PublishAckFuture)>,
+    done: &mut Vec<(usize, String)>,
+    metrics: &Metrics,
+) -> usize {
     let results = futures::future::join_all(acks.into_iter().map(|(id, ack)| async move { (id, ack.await) })).await;
+    let mut failed = 0;
     for (id, r) in results {
         match r {
             Ok(_) => done.push(id),
@@ -242,5 +222,5 @@ async fn publish_batch(
             }
         }
     }
-    (done, failed)
+    failed
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use dispatch_client::pb::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -90,7 +91,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let http_addr = http_listener.local_addr()?;
 
     let shutdown = CancellationToken::new();
-    let relay_wake = relay::Wake::new(store.layout());
+    let relay_wake = Arc::new(Notify::new());
     let metrics = Metrics::new();
     let config = Arc::new(config);
     let shared = Shared {

@@ -74,9 +74,7 @@ impl JobService for JobApi {
                 span.record("job_type", j.r#type.as_str());
                 span.record("attempt", j.attempt);
             }
-            if let Some(j) = &resp.job {
-                self.0.relay_wake.job(&j.id);
-            }
+            self.0.relay_wake.notify_one();
             Ok(Response::new(resp))
         }
         .instrument(span)
@@ -103,8 +101,9 @@ impl JobService for JobApi {
                 .collect();
             errs.into_result(())?;
             let _permit = self.0.admit(jobs.len())?;
-            // One atomic step per partition the batch touches.
-            let ids: Vec<String> = jobs.iter().map(|j| self.0.store.new_id(j)).collect();
+            // One atomic step per partition the batch touches (one, unless it has
+            // idempotency keys).
+            let ids = self.0.store.new_ids(&jobs);
             let results = self
                 .0
                 .store
@@ -114,7 +113,7 @@ impl JobService for JobApi {
                 .into_iter()
                 .map(|c| self.created(c))
                 .collect();
-            self.0.relay_wake.jobs(ids.iter().map(String::as_str));
+            self.0.relay_wake.notify_one();
             Ok(Response::new(pb::CreateJobsResponse { results }))
         }
         .instrument(span)
@@ -281,7 +280,7 @@ impl JobService for JobApi {
                 self.0.metrics.cancelled.with_label_values(&[queue]).inc();
             }
             tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, state = job.state.as_str(), "job cancel requested");
-            self.0.relay_wake.job(&job.id);
+            self.0.relay_wake.notify_one();
             Ok(Response::new(pb::CancelJobResponse {
                 job: Some(api::job_to_pb(&job)),
             }))
@@ -300,7 +299,7 @@ impl JobService for JobApi {
             let job = self.0.store.retry(id).await.map_err(|e| self.0.store_err(e))?;
             super::note_job(&job);
             tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, "job re-run");
-            self.0.relay_wake.job(&job.id);
+            self.0.relay_wake.notify_one();
             Ok(Response::new(pb::RetryJobResponse {
                 job: Some(api::job_to_pb(&job)),
             }))

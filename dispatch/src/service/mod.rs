@@ -5,6 +5,8 @@ mod workers;
 
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use crate::api::Limits;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -20,8 +22,8 @@ pub struct Shared {
     pub store: Store,
     pub limits: Limits,
     pub config: Arc<Config>,
-    /// Wakes the local outbox relay of a partition after a transition wrote to its outbox.
-    pub relay_wake: crate::relay::Wake,
+    /// Wakes the local outbox relay after a transition wrote to an outbox.
+    pub relay_wake: Arc<Notify>,
     pub hub: Hub,
     /// Admission control for job creation: one permit per job being created.
     pub admission: Arc<tokio::sync::Semaphore>,

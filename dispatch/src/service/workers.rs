@@ -105,7 +105,7 @@ impl WorkerService for WorkerApi {
             super::note_job(&job);
             self.0.metrics.on_claim(&job);
             tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, worker_id = %r.worker_id, "job claimed");
-            self.0.relay_wake.job(&job.id);
+            self.0.relay_wake.notify_one();
             Ok(Response::new(pb::ClaimJobResponse {
                 job: Some(api::job_to_pb(&job)),
             }))
@@ -163,7 +163,7 @@ impl WorkerService for WorkerApi {
                     },
                 })
                 .collect();
-            self.0.relay_wake.jobs(claims.iter().map(|c| c.id.as_str()));
+            self.0.relay_wake.notify_one();
             Ok(Response::new(pb::ClaimJobsResponse { results }))
         }
         .instrument(span)
@@ -230,7 +230,7 @@ impl WorkerService for WorkerApi {
                     },
                 })
                 .collect();
-            self.0.relay_wake.jobs(reports.iter().map(|r| r.0.as_str()));
+            self.0.relay_wake.notify_one();
             Ok(Response::new(pb::CompleteJobsResponse { results }))
         }
         .instrument(span)
@@ -285,7 +285,7 @@ impl WorkerService for WorkerApi {
             super::note_job(&job);
             self.0.metrics.on_report(&job, job.started_at_ms);
             tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, "job succeeded");
-            self.0.relay_wake.job(&job.id);
+            self.0.relay_wake.notify_one();
             Ok(Response::new(pb::CompleteJobResponse {
                 job: Some(api::job_to_pb(&job)),
             }))
@@ -318,7 +318,7 @@ impl WorkerService for WorkerApi {
             super::note_job(&job);
             self.0.metrics.on_report(&job, job.started_at_ms);
             tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, state = job.state.as_str(), error = %r.error, "job attempt failed");
-            self.0.relay_wake.job(&job.id);
+            self.0.relay_wake.notify_one();
             Ok(Response::new(pb::FailJobResponse {
                 job: Some(api::job_to_pb(&job)),
             }))

@@ -38,46 +38,51 @@ impl Store {
         Ok(())
     }
 
-    /// Relay: up to `count` entries of partition `p` for `consumer`: its own unacknowledged
-    /// ones first (a publish that failed), else new ones.
-    pub async fn outbox_read(
+    /// Relay: up to `count` entries of each partition in `reads` for `consumer`: its own
+    /// unacknowledged ones first where the flag says so (a publish that failed, entries taken
+    /// over), else new ones. One list per partition, in order. One command for every stream
+    /// on one Redis; on a cluster (streams in different slots) one command per stream, in one
+    /// pipeline.
+    pub async fn outbox_read_many(
         &self,
-        p: Partition,
         consumer: &str,
         count: usize,
-        pending_first: bool,
-    ) -> Result<Vec<OutboxEntry>, Error> {
-        let id = if pending_first { "0" } else { ">" };
-        let v: Value = self
-            .client
-            .custom(
-                cmd("XREADGROUP"),
-                vec![
-                    "GROUP",
-                    OUTBOX_GROUP,
-                    consumer,
-                    "COUNT",
-                    &count.to_string(),
-                    "STREAMS",
-                    &p.outbox(),
-                    id,
-                ],
-            )
-            .await?;
-        if v.is_null() {
-            return Ok(Vec::new());
-        }
-        // [[stream, [[id, [k, v, ...]], ...]]]
-        let streams = v.into_array();
-        let Some(first) = streams.into_iter().next() else {
-            return Ok(Vec::new());
+        reads: &[(Partition, bool)],
+    ) -> Result<Vec<Vec<OutboxEntry>>, Error> {
+        let count = count.to_string();
+        let command = |reads: &[(Partition, bool)]| {
+            let mut args = vec![
+                "GROUP".to_string(),
+                OUTBOX_GROUP.into(),
+                consumer.into(),
+                "COUNT".into(),
+                count.clone(),
+                "STREAMS".into(),
+            ];
+            args.extend(reads.iter().map(|(p, _)| p.outbox()));
+            args.extend(
+                reads
+                    .iter()
+                    .map(|(_, pending)| if *pending { "0" } else { ">" }.to_string()),
+            );
+            args
         };
-        let mut parts = first.into_array().into_iter();
-        let _name = parts.next();
-        match parts.next() {
-            Some(entries) => parse_entries(entries),
-            None => Ok(Vec::new()),
+        if !self.client.is_clustered() {
+            let reply: Value = self.client.custom(cmd("XREADGROUP"), command(reads)).await?;
+            return read_reply(reply, reads);
         }
+        let pipeline = self.client.pipeline();
+        for read in reads {
+            let _: () = pipeline
+                .custom(cmd("XREADGROUP"), command(std::slice::from_ref(read)))
+                .await?;
+        }
+        let replies: Vec<Value> = pipeline.all().await?;
+        let mut out = Vec::with_capacity(reads.len());
+        for (reply, read) in replies.into_iter().zip(reads) {
+            out.extend(read_reply(reply, std::slice::from_ref(read))?);
+        }
+        Ok(out)
     }
 
     /// Relay: takes over entries of partition `p` another relay left unacknowledged for
@@ -146,20 +151,23 @@ impl Store {
         Ok(gone)
     }
 
-    /// Relay: acknowledges and deletes published entries of partition `p`, in one round trip.
-    pub async fn outbox_done(&self, p: Partition, ids: &[String]) -> Result<(), Error> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let key = p.outbox();
-        let mut ack = vec![key.clone(), OUTBOX_GROUP.to_string()];
-        ack.extend(ids.iter().cloned());
-        let mut del = vec![key];
-        del.extend(ids.iter().cloned());
+    /// Relay: acknowledges and deletes published entries, per partition, in one pipeline.
+    pub async fn outbox_done_many(&self, done: &[(Partition, Vec<String>)]) -> Result<(), Error> {
         let pipeline = self.client.pipeline();
-        let _: () = pipeline.custom(cmd("XACK"), ack).await?;
-        let _: () = pipeline.custom(cmd("XDEL"), del).await?;
-        let _: Vec<Value> = pipeline.all().await?;
+        let mut n = 0;
+        for (p, ids) in done.iter().filter(|(_, ids)| !ids.is_empty()) {
+            let key = p.outbox();
+            let mut ack = vec![key.clone(), OUTBOX_GROUP.to_string()];
+            ack.extend(ids.iter().cloned());
+            let mut del = vec![key];
+            del.extend(ids.iter().cloned());
+            let _: () = pipeline.custom(cmd("XACK"), ack).await?;
+            let _: () = pipeline.custom(cmd("XDEL"), del).await?;
+            n += 1;
+        }
+        if n > 0 {
+            let _: Vec<Value> = pipeline.all().await?;
+        }
         Ok(())
     }
 
@@ -201,6 +209,28 @@ impl Store {
         }
         Ok((len, oldest))
     }
+}
+
+/// Parses an XREADGROUP reply (`[[stream, [[id, [k, v, ...]], ...]], ...]`, or nil when no
+/// stream had anything) into one list per partition of `reads`, in its order.
+fn read_reply(v: Value, reads: &[(Partition, bool)]) -> Result<Vec<Vec<OutboxEntry>>, Error> {
+    let mut out: Vec<Vec<OutboxEntry>> = reads.iter().map(|_| Vec::new()).collect();
+    if v.is_null() {
+        return Ok(out);
+    }
+    let names: Vec<String> = reads.iter().map(|(p, _)| p.outbox()).collect();
+    for stream in v.into_array() {
+        let mut parts = stream.into_array().into_iter();
+        let name = parts.next().and_then(|n| n.into_string()).unwrap_or_default();
+        let i = names
+            .iter()
+            .position(|n| *n == name)
+            .ok_or_else(|| Error::Corrupt(format!("reply for an unknown stream {name:?}")))?;
+        if let Some(entries) = parts.next() {
+            out[i] = parse_entries(entries)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Parses stream entries `[[id, [k, v, ...]], ...]`.

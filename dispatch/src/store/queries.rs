@@ -178,6 +178,16 @@ impl Store {
             .collect())
     }
 
+    /// Redis's clock, in ms since the epoch.
+    pub async fn time_ms(&self) -> Result<u64, Error> {
+        let t: Vec<String> = self.client.custom(cmd("TIME"), Vec::<String>::new()).await?;
+        let part = |i: usize| t.get(i).and_then(|v| v.parse::<u64>().ok());
+        match (part(0), part(1)) {
+            (Some(s), Some(us)) => Ok(s * 1000 + us / 1000),
+            _ => Err(Error::Corrupt(format!("TIME reply {t:?}"))),
+        }
+    }
+
     /// The oldest QUEUED job ids of `queue`, across partitions, at most `limit`.
     pub async fn queued_ids(&self, queue: &str, limit: usize) -> Result<Vec<String>, Error> {
         self.list_ids(&[queue.to_string()], &[State::Queued], "", limit).await

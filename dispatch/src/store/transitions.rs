@@ -56,6 +56,23 @@ impl Store {
         self.layout.new_id(self.partition_for(job))
     }
 
+    /// New ids for a batch: the jobs without an idempotency key all go to one partition
+    /// picked at random (so the batch is one script, as one job would be; batches spread
+    /// over the partitions), keyed ones to their key's.
+    pub fn new_ids(&self, jobs: &[NewJob]) -> Vec<String> {
+        let any = self.layout.any();
+        jobs.iter()
+            .map(|job| {
+                let p = if job.idempotency_key.is_empty() {
+                    any
+                } else {
+                    self.layout.partition_of_key(&job.queue, &job.idempotency_key)
+                };
+                self.layout.new_id(p)
+            })
+            .collect()
+    }
+
     /// Creates a job (or returns the existing one for an open idempotency key). `id` comes
     /// from [`Store::new_id`].
     pub async fn create(&self, id: &str, job: &NewJob, idempotency_window_ms: u64) -> Result<Created, Error> {
