@@ -172,8 +172,8 @@ async fn sweep(
 
 /// The creation time (ms since the epoch) written in a UUIDv7 job id; `None` for other ids.
 fn id_time_ms(id: &str) -> Option<u64> {
-    let hex: String = id.chars().filter(|c| *c != '-').take(12).collect();
-    (hex.len() == 12).then(|| u64::from_str_radix(&hex, 16).ok()).flatten()
+    let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
 }
 
 /// Messages per subject in the run stream.

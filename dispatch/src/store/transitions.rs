@@ -1,7 +1,7 @@
 //! Transitions: each call is one script in the job's partition (a batch: one script per
 //! partition it touches, all at once).
 
-use super::{Error, JobRecord, NewJob, Partition, Store, record, refusal};
+use super::{Error, JobRecord, NewJob, Store, record, refusal};
 
 /// Result of [`Store::create`].
 #[derive(Debug, Clone)]
@@ -42,18 +42,9 @@ pub struct Beat {
 }
 
 impl Store {
-    /// The partition a new job goes to: its idempotency key's, else any.
-    pub fn partition_for(&self, job: &NewJob) -> Partition {
-        if job.idempotency_key.is_empty() {
-            self.layout.any()
-        } else {
-            self.layout.partition_of_key(&job.queue, &job.idempotency_key)
-        }
-    }
-
-    /// A new id for `job`, carrying the partition it goes to.
+    /// A new id for `job`, carrying the partition it goes to: its idempotency key's, else any.
     pub fn new_id(&self, job: &NewJob) -> String {
-        self.layout.new_id(self.partition_for(job))
+        self.new_ids(std::slice::from_ref(job)).pop().unwrap_or_default()
     }
 
     /// New ids for a batch: the jobs without an idempotency key all go to one partition
