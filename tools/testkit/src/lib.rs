@@ -325,7 +325,7 @@ fn free_cluster_port() -> u16 {
 
 /// Starts `masters * (1 + replicas)` cluster nodes in their own directories under `dir`,
 /// joins them with `redis-cli --cluster create`, and waits until every node reports
-/// `cluster_state:ok`.
+/// `cluster_state:ok` and every replica's link to its master is up.
 fn start_cluster(dir: &std::path::Path, masters: usize, replicas: usize, aof: bool) -> (Vec<Proc>, Vec<u16>) {
     let n = masters * (1 + replicas);
     let mut procs = Vec::with_capacity(n);
@@ -384,6 +384,20 @@ fn start_cluster(dir: &std::path::Path, masters: usize, replicas: usize, aof: bo
             assert!(
                 Instant::now() < deadline,
                 "cluster node {port} not ok after 30 s:\n{info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // A replica whose link is not up yet cannot take part in a failover.
+    for port in &ports {
+        loop {
+            let info = redis_cli(*port, &["info", "replication"]);
+            if info.contains("role:master") || info.contains("master_link_status:up") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster replica {port} not in sync after 30 s:\n{info}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
