@@ -9,4 +9,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/dispatch /src/target/release/worker /usr/local/bin/
 COPY dispatch.sample.toml /etc/dispatch/dispatch.toml
 EXPOSE 50051 8080 9091
+# On 0.0.0.0 dispatch wants API keys (mount a keys file, DISPATCH_AUTH__KEYS_FILE=/path) or
+# DISPATCH_AUTH__INSECURE=true on a private network; see docs/security.md.
 CMD ["dispatch", "-c", "/etc/dispatch/dispatch.toml", "--grpc-addr", "0.0.0.0:50051", "--http-addr", "0.0.0.0:8080"]

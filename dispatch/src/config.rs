@@ -36,6 +36,21 @@ pub struct Config {
     pub streams: Streams,
     /// The HTTP side: REST gateway limits.
     pub http: Http,
+    /// Who may call what.
+    pub auth: Auth,
+}
+
+/// Authentication (docs/security.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// The API keys file (`dispatch keys create` writes it); empty turns authentication off.
+    /// Re-read when it changes, so deleting a line revokes that key without a restart.
+    pub keys_file: String,
+    /// Allow listening on a non-loopback address with authentication off. Anyone who can
+    /// reach the ports can then read and change every job: a warning is logged at start and
+    /// every hour.
+    pub insecure: bool,
 }
 
 /// Store layout.
@@ -191,6 +206,7 @@ impl Default for Config {
             loops: Loops::default(),
             streams: Streams::default(),
             http: Http::default(),
+            auth: Auth::default(),
         }
     }
 }
@@ -337,13 +353,66 @@ impl Config {
         if self.redis.partitions == 0 || self.redis.partitions > 1024 {
             return bad("redis.partitions must be 1 to 1024");
         }
+        if self.auth.keys_file.is_empty() && !self.auth.insecure {
+            for (name, addr) in [("grpc_addr", self.grpc_addr), ("http_addr", self.http_addr)] {
+                if !addr.ip().is_loopback() {
+                    return bad(&format!(
+                        "{name} {addr} is not a loopback address and authentication is off: anyone who \
+                         can reach it could read and change every job. Turn keys on (--auth-keys FILE, \
+                         see docs/security.md), or pass --insecure to accept that"
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
-    /// The effective configuration as TOML, for `--print-config`.
+    /// The effective configuration as TOML, for `--print-config`, with the secrets in URLs
+    /// (passwords, tokens) replaced by `***`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+        let mut shown = self.clone();
+        shown.redis_url = redact_url(&self.redis_url);
+        shown.nats_url = redact_url(&self.nats_url);
+        toml::to_string_pretty(&shown).unwrap_or_default()
     }
+}
+
+/// `url` with its secrets replaced by `***`: the password of `user:password@` (or all of a
+/// lone `token@`), and query parameters whose name mentions a password or token. For logs,
+/// errors and printed configuration.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("***@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|kv| {
+                    let name = kv.split('=').next().unwrap_or("").to_ascii_lowercase();
+                    if name.contains("password") || name.contains("token") || name.contains("pass") {
+                        format!("{}=***", kv.split('=').next().unwrap_or(""))
+                    } else {
+                        kv.to_string()
+                    }
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -430,6 +499,45 @@ mod tests {
         );
         let env = vec![("DISPATCH_JOBS__MAX_ATTEMPTS".to_string(), "0".to_string())];
         assert!(Config::load(None, env, &[]).is_err());
+    }
+
+    #[test]
+    fn secrets_in_urls_are_never_printed() {
+        for (url, shown) in [
+            (
+                "redis://default:s3cret@10.0.0.1:6379/0",
+                "redis://default:***@10.0.0.1:6379/0",
+            ),
+            ("nats://tok3n@nats:4222", "nats://***@nats:4222"),
+            (
+                "redis-sentinel://s:26379/0?sentinelServiceName=m&sentinelPassword=s3cret",
+                "redis-sentinel://s:26379/0?sentinelServiceName=m&sentinelPassword=***",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+        let flags = vec![
+            ("redis_url".to_string(), "redis://u:s3cret@127.0.0.1:1".to_string()),
+            ("nats_url".to_string(), "nats://me:s3cret@127.0.0.1:2".to_string()),
+        ];
+        let printed = Config::load(None, Vec::new(), &flags).unwrap().to_toml();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("redis://u:***@127.0.0.1:1"), "{printed}");
+    }
+
+    #[test]
+    fn non_loopback_without_keys_is_refused_unless_insecure() {
+        let open = vec![("grpc_addr".to_string(), "0.0.0.0:50051".to_string())];
+        let err = Config::load(None, Vec::new(), &open).unwrap_err().to_string();
+        assert!(err.contains("--insecure") && err.contains("--auth-keys"), "{err}");
+        let mut insecure = open.clone();
+        insecure.push(("auth.insecure".to_string(), "true".to_string()));
+        assert!(Config::load(None, Vec::new(), &insecure).is_ok());
+        let mut keyed = open;
+        keyed.push(("auth.keys_file".to_string(), "/etc/dispatch/keys".to_string()));
+        assert!(Config::load(None, Vec::new(), &keyed).is_ok());
+        assert!(Config::load(None, Vec::new(), &[]).is_ok(), "loopback needs nothing");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Dispatch: a gRPC-first distributed job dispatcher.
 //!
 //! # Layout
+//! - [`auth`]: API keys, roles, the rule of every RPC, and the gRPC layer that checks them.
 //! - [`config`]: layered configuration (defaults, TOML, `DISPATCH_*`, flags).
 //! - [`api`]: protobuf ↔ domain conversions, request validation, error → status mapping.
 //! - [`store`]: job records in Redis; each transition is one Lua script (`store/lua/`) that
@@ -16,6 +17,7 @@
 //! - [`server`]: wires it all: [`server::start`] returns a handle with the bound address.
 
 pub mod api;
+pub mod auth;
 pub mod background;
 pub mod bus;
 pub mod config;

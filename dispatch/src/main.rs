@@ -9,6 +9,8 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file (see dispatch.sample.toml).
     #[arg(long, short = 'c', env = "DISPATCH_CONFIG")]
     config: Option<PathBuf>,
@@ -24,6 +26,13 @@ struct Flags {
     /// NATS URL (overrides nats_url).
     #[arg(long)]
     nats_url: Option<String>,
+    /// API keys file: turns authentication on (overrides auth.keys_file). See `dispatch keys`.
+    #[arg(long, value_name = "FILE")]
+    auth_keys: Option<PathBuf>,
+    /// Listen on a non-loopback address with authentication off (overrides auth.insecure):
+    /// anyone who can reach the ports can read and change every job.
+    #[arg(long)]
+    insecure: bool,
     /// Any setting as key=value, dotted for sections (e.g. jobs.lease_ms=10000). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -38,9 +47,64 @@ struct Flags {
     log_json: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Manage API keys (docs/security.md).
+    #[command(subcommand)]
+    Keys(Keys),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Keys {
+    /// Adds a key to FILE (created when missing; only the key's hash is stored) and prints its
+    /// token, once. A running dispatch picks the new key up within a second or two.
+    Create {
+        /// viewer, producer, worker or admin.
+        #[arg(long)]
+        role: dispatch::auth::Role,
+        /// A name for the key, unique in the file; it appears in audit logs.
+        #[arg(long)]
+        name: String,
+        /// The keys file.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Lists the keys in FILE (name and role). Delete a key's line to revoke it.
+    List {
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+fn keys_command(cmd: Keys) -> anyhow::Result<()> {
+    match cmd {
+        Keys::Create { role, name, file } => {
+            let token = dispatch::auth::create_key(&file, &name, role).map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "added {} key {name} to {}; its token (shown once, keep it secret):",
+                role.as_str(),
+                file.display()
+            );
+            println!("{token}");
+        }
+        Keys::List { file } => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let keys = dispatch::auth::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            for k in keys {
+                println!("{}\t{}", k.name, k.role.as_str());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    if let Some(Command::Keys(cmd)) = flags.command {
+        return keys_command(cmd);
+    }
     if flags.print_openapi {
         print!("{}", dispatch::gateway::OPENAPI_JSON);
         return Ok(());
@@ -57,6 +121,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(u) = &flags.nats_url {
         overrides.push(("nats_url".to_string(), u.clone()));
+    }
+    if let Some(f) = &flags.auth_keys {
+        overrides.push(("auth.keys_file".to_string(), f.display().to_string()));
+    }
+    if flags.insecure {
+        overrides.push(("auth.insecure".to_string(), "true".to_string()));
     }
     for kv in &flags.set {
         let (k, v) = kv

@@ -51,11 +51,20 @@ impl Running {
 
 /// Starts dispatch with `config`. Fails fast when Redis or NATS cannot be reached at start.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let keys = match config.auth.keys_file.as_str() {
+        "" => None,
+        f => Some(crate::auth::Keys::load(std::path::Path::new(f)).map_err(anyhow::Error::msg)?),
+    };
     let store = match Store::connect(&config.redis_url, (&config).into()).await {
         Ok(s) => s,
         // Not a connection problem: say only what to do.
         Err(e @ crate::store::Error::Incompatible(_)) => return Err(e.into()),
-        Err(e) => return Err(anyhow::Error::from(e).context(format!("connecting to Redis at {}", config.redis_url))),
+        Err(e) => {
+            return Err(anyhow::Error::from(e).context(format!(
+                "connecting to Redis at {}",
+                crate::config::redact_url(&config.redis_url)
+            )));
+        }
     };
     let hub = watch::Hub::start(&config.redis_url, store.layout())
         .await
@@ -65,8 +74,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         bus::connect(&config.nats_url, "dispatch"),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("timed out connecting to NATS at {}", config.nats_url))?
-    .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "timed out connecting to NATS at {}",
+            crate::config::redact_url(&config.nats_url)
+        )
+    })?
+    .with_context(|| format!("connecting to NATS at {}", crate::config::redact_url(&config.nats_url)))?;
     let js = async_nats::jetstream::new(nats);
     // JetStream may still be starting (or recovering its store) when its port opens: retry.
     let streams_deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -104,6 +118,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         hub,
         admission: Arc::new(tokio::sync::Semaphore::new(config.jobs.max_inflight_creates)),
         metrics: metrics.clone(),
+        keys: keys.clone(),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -121,6 +136,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
     let grpc_shutdown = shutdown.clone();
     let router = tonic::transport::Server::builder()
+        .layer(crate::auth::GrpcAuthLayer(keys.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -130,6 +146,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         JobApi(shared.clone()),
         WorkerApi(shared),
         config.http.clone(),
+        keys.clone(),
         shutdown.clone(),
     )
     .merge(crate::gateway::metrics_router(metrics.clone(), store.clone()));
@@ -177,6 +194,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics,
         shutdown.clone(),
     )));
+    match keys {
+        Some(keys) => {
+            tracing::info!(file = %config.auth.keys_file, "authentication on: every call needs an API key");
+            tasks.push(tokio::spawn(
+                keys.watch(std::time::Duration::from_secs(1), shutdown.clone()),
+            ));
+        }
+        None if !(grpc_addr.ip().is_loopback() && http_addr.ip().is_loopback()) => {
+            tasks.push(tokio::spawn(warn_insecure(grpc_addr, http_addr, shutdown.clone())));
+        }
+        None => {}
+    }
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "dispatch started");
     Ok(Running {
         grpc_addr,
@@ -184,4 +213,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         tasks,
     })
+}
+
+/// Says, at start and every hour, that anyone who can reach the ports can do anything
+/// (`--insecure`: authentication off on a non-loopback address).
+async fn warn_insecure(grpc: SocketAddr, http: SocketAddr, stop: CancellationToken) {
+    loop {
+        tracing::warn!(
+            %grpc, %http,
+            "authentication is off on a non-loopback address (--insecure): anyone who can reach \
+             these ports can read and change every job; turn keys on (docs/security.md)"
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
+    }
 }

@@ -38,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use dispatch_client::pb;
 
-/// Worker settings.
-#[derive(Debug, Clone)]
+/// Worker settings. `Debug` never shows the token.
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// gRPC endpoint of dispatch, e.g. `http://127.0.0.1:50051`.
     pub dispatch_url: String,
@@ -57,6 +57,24 @@ pub struct WorkerConfig {
     pub run_stream: String,
     /// Where to serve Prometheus `GET /metrics`; `None` serves nothing.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// API key (a `worker` key) sent with every call, when dispatch has authentication on.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("dispatch_url", &self.dispatch_url)
+            .field("nats_url", &self.nats_url)
+            .field("worker_id", &self.worker_id)
+            .field("queues", &self.queues)
+            .field("lease", &self.lease)
+            .field("drain_grace", &self.drain_grace)
+            .field("run_stream", &self.run_stream)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for WorkerConfig {
@@ -70,6 +88,7 @@ impl Default for WorkerConfig {
             drain_grace: Duration::from_secs(30),
             run_stream: "DISPATCH_RUN".into(),
             metrics_addr: None,
+            token: None,
         }
     }
 }

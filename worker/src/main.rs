@@ -32,6 +32,10 @@ struct Flags {
     /// Log JSON lines (every line about a job carries job_id, queue, attempt, trace_id).
     #[arg(long, env = "DISPATCH_WORKER_LOG_JSON")]
     log_json: bool,
+    /// API key sent with every call to dispatch (a `worker` key; needed when dispatch has
+    /// authentication on). Prefer the environment variable: flags show in `ps`.
+    #[arg(long, env = "DISPATCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Serve Prometheus metrics on GET /metrics at this address (e.g. 127.0.0.1:9091).
     #[arg(long, env = "DISPATCH_WORKER_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -63,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         lease: Duration::from_secs(flags.lease_s.max(3)),
         drain_grace: Duration::from_secs(flags.drain_grace_s),
         metrics_addr: flags.metrics_addr,
+        token: flags.token.filter(|t| !t.is_empty()),
         ..Default::default()
     };
     if let Some(id) = flags.worker_id {

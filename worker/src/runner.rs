@@ -14,12 +14,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::report::Reporter;
 use crate::{Handler, JobContext, WorkerConfig};
 
-pub(crate) type Client = WorkerServiceClient<Channel>;
+pub(crate) type Client = WorkerServiceClient<dispatch_client::Transport>;
 type Handlers = Arc<HashMap<String, Handler>>;
 
 /// How an attempt ended, seen from the worker.
@@ -33,7 +32,13 @@ enum Outcome {
 
 pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Lazy: the worker starts (and waits on NATS) even while dispatch is still coming up.
-    let client = dispatch_client::Client::connect_lazy(cfg.dispatch_url.clone())?.workers();
+    let mut client = dispatch_client::Client::connect_lazy(cfg.dispatch_url.clone())?;
+    if let Some(token) = &cfg.token {
+        client = client
+            .with_token(token)
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    }
+    let client = client.workers();
     let nats = async_nats::ConnectOptions::new()
         .name(&cfg.worker_id)
         .retry_on_initial_connect()

@@ -23,8 +23,48 @@ use crate::pb::{self, job_service_client::JobServiceClient, worker_service_clien
 /// A connection to dispatch. Cheap to clone; clones share the HTTP/2 connection.
 #[derive(Clone, Debug)]
 pub struct Client {
-    jobs: JobServiceClient<Channel>,
-    workers: WorkerServiceClient<Channel>,
+    channel: Channel,
+    jobs: JobServiceClient<Transport>,
+    workers: WorkerServiceClient<Transport>,
+}
+
+/// The channel every call of a [`Client`] goes through: the connection, plus the API key
+/// when one is set ([`Client::with_token`]).
+pub type Transport = tonic::service::interceptor::InterceptedService<Channel, Token>;
+
+/// Sends `authorization: Bearer <token>` with every call when set. Its `Debug` never shows
+/// the token.
+#[derive(Clone, Default)]
+pub struct Token(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl Token {
+    /// The header value for `token`; INVALID_ARGUMENT when it cannot travel in a header.
+    pub fn bearer(token: &str) -> Result<Token, Status> {
+        let mut v: tonic::metadata::AsciiMetadataValue = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| Status::invalid_argument("the API token holds characters a header cannot carry"))?;
+        v.set_sensitive(true);
+        Ok(Token(Some(v)))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Token(<redacted>)"
+        } else {
+            "Token(None)"
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
 }
 
 /// The options of a job, for [`Client::create_with`]. Unset fields take dispatch's defaults.
@@ -44,19 +84,30 @@ impl Client {
 
     /// Wraps an existing channel (TLS, interceptors and timeouts are the caller's).
     pub fn from_channel(channel: Channel) -> Client {
+        Self::with_transport(channel, Token::default())
+    }
+
+    fn with_transport(channel: Channel, token: Token) -> Client {
         Client {
-            jobs: JobServiceClient::new(channel.clone()),
-            workers: WorkerServiceClient::new(channel),
+            jobs: JobServiceClient::with_interceptor(channel.clone(), token.clone()),
+            workers: WorkerServiceClient::with_interceptor(channel.clone(), token),
+            channel,
         }
     }
 
+    /// The same connection, sending the API key `token` with every call (dispatch with
+    /// authentication on; docs/security.md).
+    pub fn with_token(&self, token: &str) -> Result<Client, Status> {
+        Ok(Self::with_transport(self.channel.clone(), Token::bearer(token)?))
+    }
+
     /// The generated `JobService` client, for everything the wrapper does not cover.
-    pub fn jobs(&self) -> JobServiceClient<Channel> {
+    pub fn jobs(&self) -> JobServiceClient<Transport> {
         self.jobs.clone()
     }
 
     /// The generated `WorkerService` client (claim, heartbeat, complete, fail).
-    pub fn workers(&self) -> WorkerServiceClient<Channel> {
+    pub fn workers(&self) -> WorkerServiceClient<Transport> {
         self.workers.clone()
     }
 

@@ -44,17 +44,27 @@ pub const API_HTML: &str = include_str!(concat!(env!("OUT_DIR"), "/api.html"));
 struct Gateway {
     services: generated::Services<JobApi, WorkerApi>,
     limits: Http,
+    keys: Option<crate::auth::Keys>,
     shutdown: CancellationToken,
 }
 
-/// The HTTP router: REST routes under `/api`, `/api/openapi.json`, `/api/docs`.
-pub fn router(jobs: JobApi, workers: WorkerApi, limits: Http, shutdown: CancellationToken) -> axum::Router {
+/// The HTTP router: REST routes under `/api`, `/api/openapi.json`, `/api/docs`. With `keys`,
+/// every route needs a key whose role may call its RPC (the OpenAPI document and the docs
+/// page stay open).
+pub fn router(
+    jobs: JobApi,
+    workers: WorkerApi,
+    limits: Http,
+    keys: Option<crate::auth::Keys>,
+    shutdown: CancellationToken,
+) -> axum::Router {
     let gateway = Gateway {
         services: generated::Services {
             job_service: std::sync::Arc::new(jobs),
             worker_service: std::sync::Arc::new(workers),
         },
         limits,
+        keys,
         shutdown,
     };
     axum::Router::new()
@@ -135,6 +145,24 @@ async fn handle(State(g): State<Gateway>, req: Request) -> Response {
         }
     };
     let spec = &ROUTES[index];
+    let identity = match &g.keys {
+        None => None,
+        Some(keys) => {
+            let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            match keys.check(spec.rpc, authorization) {
+                Ok(id) => Some(id),
+                Err(refusal) => {
+                    crate::auth::audit_refusal(spec.rpc, &refusal, None);
+                    let mut resp = error::response(&refusal.status(spec.rpc));
+                    if matches!(refusal, crate::auth::Refusal::Unauthenticated(_)) {
+                        resp.headers_mut()
+                            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    }
+                    return resp;
+                }
+            }
+        }
+    };
     let mut json = Map::new();
     if spec.body {
         match read_json_body(&parts.headers, body, g.limits.max_body_bytes).await {
@@ -155,6 +183,7 @@ async fn handle(State(g): State<Gateway>, req: Request) -> Response {
         headers: parts.headers,
         shutdown: g.shutdown.clone(),
         sse_keep_alive: Duration::from_millis(g.limits.sse_keep_alive_ms),
+        identity,
     };
     generated::call(&g.services, index, input).await
 }

@@ -171,6 +171,8 @@ pub struct Input {
     pub headers: HeaderMap,
     pub shutdown: CancellationToken,
     pub sse_keep_alive: Duration,
+    /// The caller, when authentication is on (checked before the request is decoded).
+    pub identity: Option<crate::auth::Identity>,
 }
 
 /// HTTP headers copied into gRPC metadata (trace context, identity, request ids).
@@ -192,8 +194,11 @@ fn decode<Req: DeserializeOwned>(json: Map<String, Value>) -> Result<Req, tonic:
     })
 }
 
-fn request<Req>(msg: Req, headers: &HeaderMap) -> tonic::Request<Req> {
+fn request<Req>(msg: Req, headers: &HeaderMap, identity: Option<&crate::auth::Identity>) -> tonic::Request<Req> {
     let mut req = tonic::Request::new(msg);
+    if let Some(id) = identity {
+        req.extensions_mut().insert(id.clone());
+    }
     for name in FORWARDED {
         if let Some(v) = headers.get(*name).and_then(|v| v.to_str().ok())
             && let Ok(v) = v.parse()
@@ -223,7 +228,7 @@ where
         Ok(m) => m,
         Err(s) => return error::response(&s),
     };
-    match call(request(msg, &input.headers)).await {
+    match call(request(msg, &input.headers, input.identity.as_ref())).await {
         Ok(resp) => match to_json(resp.get_ref()) {
             Ok(v) => (
                 StatusCode::OK,
@@ -252,7 +257,7 @@ where
         Ok(m) => m,
         Err(s) => return error::response(&s),
     };
-    let stream = match call(request(msg, &input.headers)).await {
+    let stream = match call(request(msg, &input.headers, input.identity.as_ref())).await {
         Ok(resp) => resp.into_inner(),
         Err(s) => return error::response(&s),
     };

@@ -46,7 +46,7 @@ impl JobApi {
             tracing::info!(job_id = %created.job.id, queue = %created.job.queue, job_type = %created.job.job_type, attempt = created.job.attempt, "job created");
         }
         pb::CreateJobResponse {
-            job: Some(api::job_to_pb(&created.job)),
+            job: Some(self.0.job_view(&created.job)),
             created: created.created,
         }
     }
@@ -130,7 +130,7 @@ impl JobService for JobApi {
             let job = self.0.store.get(id).await.map_err(|e| self.0.store_err(e))?;
             super::note_job(&job);
             Ok(Response::new(pb::GetJobResponse {
-                job: Some(api::job_to_pb(&job)),
+                job: Some(self.0.job_view(&job)),
             }))
         }
         .instrument(span)
@@ -188,7 +188,7 @@ impl JobService for JobApi {
                 String::new()
             };
             Ok(Response::new(pb::ListJobsResponse {
-                jobs: jobs.iter().map(api::job_to_pb).collect(),
+                jobs: jobs.iter().map(|j| self.0.job_view(j)).collect(),
                 next_page_token,
             }))
         }
@@ -279,10 +279,11 @@ impl JobService for JobApi {
                 let queue = self.0.metrics.queue(&job.queue);
                 self.0.metrics.cancelled.with_label_values(&[queue]).inc();
             }
-            tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, state = job.state.as_str(), "job cancel requested");
+            let key = super::key_name(req.extensions());
+            tracing::info!(audit = true, key, job_id = %job.id, queue = %job.queue, attempt = job.attempt, state = job.state.as_str(), reason, "job cancel requested");
             self.0.relay_wake.notify_one();
             Ok(Response::new(pb::CancelJobResponse {
-                job: Some(api::job_to_pb(&job)),
+                job: Some(self.0.job_view(&job)),
             }))
         }
         .instrument(span)
@@ -298,10 +299,11 @@ impl JobService for JobApi {
             errs.into_result(())?;
             let job = self.0.store.retry(id).await.map_err(|e| self.0.store_err(e))?;
             super::note_job(&job);
-            tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, "job re-run");
+            let key = super::key_name(req.extensions());
+            tracing::info!(audit = true, key, job_id = %job.id, queue = %job.queue, attempt = job.attempt, "job re-run");
             self.0.relay_wake.notify_one();
             Ok(Response::new(pb::RetryJobResponse {
-                job: Some(api::job_to_pb(&job)),
+                job: Some(self.0.job_view(&job)),
             }))
         }
         .instrument(span)

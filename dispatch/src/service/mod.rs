@@ -28,6 +28,8 @@ pub struct Shared {
     /// Admission control for job creation: one permit per job being created.
     pub admission: Arc<tokio::sync::Semaphore>,
     pub metrics: Metrics,
+    /// The API keys when authentication is on.
+    pub keys: Option<crate::auth::Keys>,
 }
 
 impl Shared {
@@ -44,6 +46,18 @@ impl Shared {
 }
 
 impl Shared {
+    /// A job as JobService shows it: with authentication on, without its lease id, which
+    /// only the worker that claimed the job receives (a lease id is a capability).
+    fn job_view(&self, r: &JobRecord) -> dispatch_client::pb::Job {
+        let mut job = crate::api::job_to_pb(r);
+        if self.keys.is_some()
+            && let Some(lease) = job.lease.as_mut()
+        {
+            lease.lease_id.clear();
+        }
+        job
+    }
+
     /// A store error as a status, counting Redis failures.
     fn store_err(&self, e: crate::store::Error) -> tonic::Status {
         if matches!(e, crate::store::Error::Redis(_)) {
@@ -51,6 +65,11 @@ impl Shared {
         }
         tonic::Status::from(e)
     }
+}
+
+/// The name of the calling key, for audit lines ("" when authentication is off).
+fn key_name(ext: &tonic::Extensions) -> &str {
+    ext.get::<crate::auth::Identity>().map(|i| &*i.name).unwrap_or("")
 }
 
 /// The server span of one RPC, a child of the caller's span when it sent a `traceparent`

@@ -6,6 +6,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use crate::api::{self, FieldErrors, validate};
+use crate::auth::Identity;
 use crate::store::Claim;
 
 /// Longest lease a worker may ask for.
@@ -59,6 +60,21 @@ impl WorkerApi {
     }
 }
 
+/// PERMISSION_DENIED, and an audit line, when authentication is on and the caller's key is
+/// not the one `lease_id` was granted to: a lease id is a capability of the key that claimed.
+fn check_holder(who: Option<&Identity>, job_id: &str, lease_id: &str) -> Result<(), Status> {
+    match who {
+        Some(id) if !id.holds(lease_id) => {
+            tracing::warn!(audit = true, key = %id.name, job_id, "report refused: the lease was granted to another key");
+            Err(Status::permission_denied(format!(
+                "the lease of job {job_id} was not granted to key {}",
+                id.name
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Checks the size of a batch call.
 fn check_batch(errs: &mut FieldErrors, field: &str, n: usize) {
     if n == 0 || n > MAX_BATCH {
@@ -95,7 +111,7 @@ impl WorkerService for WorkerApi {
             let mut errs = FieldErrors::default();
             let lease_ms = self.check_claim(&mut errs, "", r);
             errs.into_result(())?;
-            let lease_id = uuid::Uuid::new_v4().to_string();
+            let lease_id = crate::auth::lease_id(req.extensions().get::<Identity>());
             let job = self
                 .0
                 .store
@@ -128,7 +144,7 @@ impl WorkerService for WorkerApi {
                     id: r.job_id.clone(),
                     attempt: r.attempt,
                     worker_id: r.worker_id.clone(),
-                    lease_id: uuid::Uuid::new_v4().to_string(),
+                    lease_id: crate::auth::lease_id(req.extensions().get::<Identity>()),
                 })
                 .collect();
             errs.into_result(())?;
@@ -193,12 +209,39 @@ impl WorkerService for WorkerApi {
                 req.metadata(),
                 reqs.iter().map(|r| r.traceparent.as_str()),
             );
-            let outcomes = self
-                .0
-                .store
-                .complete_many(&reports)
-                .await
-                .map_err(|e| self.0.store_err(e))?;
+            // Reports of leases granted to another key are refused on their own and never
+            // reach the store.
+            let who = req.extensions().get::<Identity>();
+            let refused: Vec<Option<Status>> = reports
+                .iter()
+                .map(|(id, lease, _)| check_holder(who, id, lease).err())
+                .collect();
+            let allowed: Vec<(String, String, String)> = reports
+                .iter()
+                .zip(&refused)
+                .filter(|(_, r)| r.is_none())
+                .map(|(rep, _)| rep.clone())
+                .collect();
+            let mut stored = if allowed.is_empty() {
+                Vec::new()
+            } else {
+                self.0
+                    .store
+                    .complete_many(&allowed)
+                    .await
+                    .map_err(|e| self.0.store_err(e))?
+            }
+            .into_iter();
+            let outcomes: Vec<Result<_, Status>> = refused
+                .into_iter()
+                .map(|r| match r {
+                    Some(status) => Err(status),
+                    None => stored
+                        .next()
+                        .expect("one outcome per allowed report")
+                        .map_err(Status::from),
+                })
+                .collect();
             let results = outcomes
                 .into_iter()
                 .zip(&reports)
@@ -223,10 +266,13 @@ impl WorkerService for WorkerApi {
                             error: None,
                         }
                     }
-                    Err(e) => pb::CompleteJobResult {
+                    Err(s) => pb::CompleteJobResult {
                         job_id: id.clone(),
                         state: pb::JobState::Unspecified as i32,
-                        error: Some(item_error(e)),
+                        error: Some(pb::ItemError {
+                            code: s.code() as i32,
+                            message: s.message().to_string(),
+                        }),
                     },
                 })
                 .collect();
@@ -251,6 +297,7 @@ impl WorkerService for WorkerApi {
                 .map(|p| validate::json_value(&mut errs, "progress", Some(p), 64 * 1024));
             errs.into_result(())?;
             tracing::Span::current().record("job_id", r.job_id.as_str());
+            check_holder(req.extensions().get::<Identity>(), &r.job_id, &r.lease_id)?;
             let beat = self
                 .0
                 .store
@@ -276,6 +323,7 @@ impl WorkerService for WorkerApi {
             let mut errs = FieldErrors::default();
             let result = self.check_complete(&mut errs, "", r);
             errs.into_result(())?;
+            check_holder(req.extensions().get::<Identity>(), &r.job_id, &r.lease_id)?;
             let job = self
                 .0
                 .store
@@ -309,6 +357,7 @@ impl WorkerService for WorkerApi {
                 .as_ref()
                 .map(|d| validate::duration_ms(&mut errs, "retry_delay", d, 24 * 3600 * 1000));
             errs.into_result(())?;
+            check_holder(req.extensions().get::<Identity>(), &r.job_id, &r.lease_id)?;
             let job = self
                 .0
                 .store

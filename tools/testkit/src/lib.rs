@@ -537,6 +537,7 @@ impl Stack {
             drain_grace: Duration::from_secs(5),
             run_stream: self.config.streams.run_stream.clone(),
             metrics_addr: None,
+            token: None,
         }
     }
 
