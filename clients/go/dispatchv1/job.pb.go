@@ -300,7 +300,9 @@ type Lease struct {
 
 	// The worker that claimed the job.
 	WorkerId string `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	// Fencing token: reports (Heartbeat, CompleteJob, FailJob) must carry it.
+	// Fencing token: reports (Heartbeat, CompleteJob, FailJob) must carry it. With API keys on,
+	// only the worker key that claimed the job receives it (in the ClaimJob reply); JobService
+	// replies leave it empty.
 	LeaseId string `protobuf:"bytes,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
 	// When the lease expires unless extended by a heartbeat.
 	Deadline *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=deadline,proto3" json:"deadline,omitempty"`

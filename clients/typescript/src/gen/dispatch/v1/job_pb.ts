@@ -148,7 +148,9 @@ export type Lease = Message<"dispatch.v1.Lease"> & {
   workerId: string;
 
   /**
-   * Fencing token: reports (Heartbeat, CompleteJob, FailJob) must carry it.
+   * Fencing token: reports (Heartbeat, CompleteJob, FailJob) must carry it. With API keys on,
+   * only the worker key that claimed the job receives it (in the ClaimJob reply); JobService
+   * replies leave it empty.
    *
    * @generated from field: string lease_id = 2;
    */
