@@ -380,11 +380,10 @@ pub struct GrpcAuth<S> {
 impl<S, B> tower::Service<axum::http::Request<B>> for GrpcAuth<S>
 where
     S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = futures::future::Either<S::Future, std::future::Ready<Result<S::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -410,13 +409,11 @@ where
                         .get::<tonic::transport::server::TcpConnectInfo>()
                         .and_then(|i| i.remote_addr());
                     audit_refusal(rpc, &refusal, peer);
-                    let resp = refusal.status(rpc).into_http();
-                    return Box::pin(async move { Ok(resp) });
+                    return futures::future::Either::Right(std::future::ready(Ok(refusal.status(rpc).into_http())));
                 }
             }
         }
-        let fut = self.inner.call(req);
-        Box::pin(fut)
+        futures::future::Either::Left(self.inner.call(req))
     }
 }
 

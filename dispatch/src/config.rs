@@ -38,6 +38,41 @@ pub struct Config {
     pub http: Http,
     /// Who may call what.
     pub auth: Auth,
+    /// Caps per caller and in total.
+    pub limits: RequestLimits,
+}
+
+/// Caps on what callers may hold or ask for (docs/security.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestLimits {
+    /// WatchJob streams (gRPC and SSE) open at once, over all callers.
+    pub watch_streams: usize,
+    /// WatchJob streams one API key may hold open at once (authentication on).
+    pub watch_streams_per_key: usize,
+    /// Largest ListJobs reply, in bytes of protobuf: a page that would pass it ends early,
+    /// with a next-page token (a page always holds at least one job).
+    pub list_reply_bytes: usize,
+    /// Jobs one API key may create per second, on average (0: no limit). Beyond it
+    /// RESOURCE_EXHAUSTED (HTTP 429) saying when to retry.
+    pub create_per_key_per_s: u64,
+    /// Jobs one API key may create at once, above the average.
+    pub create_burst_per_key: u64,
+    /// HTTP/2 streams (calls in flight) per gRPC connection.
+    pub grpc_max_concurrent_streams: u32,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            watch_streams: 10_000,
+            watch_streams_per_key: 100,
+            list_reply_bytes: 2 << 20,
+            create_per_key_per_s: 50_000,
+            create_burst_per_key: 100_000,
+            grpc_max_concurrent_streams: 1024,
+        }
+    }
 }
 
 /// Authentication (docs/security.md).
@@ -207,6 +242,7 @@ impl Default for Config {
             streams: Streams::default(),
             http: Http::default(),
             auth: Auth::default(),
+            limits: RequestLimits::default(),
         }
     }
 }
@@ -352,6 +388,15 @@ impl Config {
         }
         if self.redis.partitions == 0 || self.redis.partitions > 1024 {
             return bad("redis.partitions must be 1 to 1024");
+        }
+        let l = &self.limits;
+        if l.watch_streams == 0 || l.watch_streams_per_key == 0 || l.grpc_max_concurrent_streams == 0 {
+            return bad(
+                "limits.watch_streams, limits.watch_streams_per_key and limits.grpc_max_concurrent_streams must be positive",
+            );
+        }
+        if l.list_reply_bytes < 64 * 1024 {
+            return bad("limits.list_reply_bytes must be at least 65536");
         }
         if self.auth.keys_file.is_empty() && !self.auth.insecure {
             for (name, addr) in [("grpc_addr", self.grpc_addr), ("http_addr", self.http_addr)] {

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`auth`]: API keys, roles, the rule of every RPC, and the gRPC layer that checks them.
+//! - [`limits`]: watch streams per key and in total, job creation rate per key.
 //! - [`config`]: layered configuration (defaults, TOML, `DISPATCH_*`, flags).
 //! - [`api`]: protobuf ↔ domain conversions, request validation, error → status mapping.
 //! - [`store`]: job records in Redis; each transition is one Lua script (`store/lua/`) that
@@ -22,6 +23,7 @@ pub mod background;
 pub mod bus;
 pub mod config;
 pub mod gateway;
+pub mod limits;
 pub mod metrics;
 pub mod relay;
 pub mod server;

@@ -119,6 +119,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admission: Arc::new(tokio::sync::Semaphore::new(config.jobs.max_inflight_creates)),
         metrics: metrics.clone(),
         keys: keys.clone(),
+        watches: crate::limits::Watches::new(config.limits.watch_streams, config.limits.watch_streams_per_key),
+        create_rate: crate::limits::CreateRate::new(
+            config.limits.create_per_key_per_s,
+            config.limits.create_burst_per_key,
+        ),
+        shutdown: shutdown.clone(),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -136,6 +142,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
     let grpc_shutdown = shutdown.clone();
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(config.limits.grpc_max_concurrent_streams))
         .layer(crate::auth::GrpcAuthLayer(keys.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -59,6 +59,9 @@ pub struct WorkerConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// API key (a `worker` key) sent with every call, when dispatch has authentication on.
     pub token: Option<String>,
+    /// Internal networks the built-in `http.fetch` may reach all the same (by default it
+    /// refuses loopback, private, link-local and multicast addresses).
+    pub fetch_allow: Vec<handlers::Net>,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -73,6 +76,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("run_stream", &self.run_stream)
             .field("metrics_addr", &self.metrics_addr)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("fetch_allow", &self.fetch_allow)
             .finish()
     }
 }
@@ -89,6 +93,7 @@ impl Default for WorkerConfig {
             run_stream: "DISPATCH_RUN".into(),
             metrics_addr: None,
             token: None,
+            fetch_allow: Vec::new(),
         }
     }
 }
@@ -179,7 +184,10 @@ impl Worker {
 
     /// Registers the built-in handlers (`noop`, `sleep`, `http.fetch`, `fail`).
     pub fn with_builtin_handlers(self) -> Self {
-        handlers::register(self)
+        let policy = handlers::FetchPolicy {
+            allow: self.config.fetch_allow.clone(),
+        };
+        handlers::register(self, policy)
     }
 
     /// Runs until `shutdown` is cancelled, then drains (see the crate docs).

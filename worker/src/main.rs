@@ -36,6 +36,11 @@ struct Flags {
     /// authentication on). Prefer the environment variable: flags show in `ps`.
     #[arg(long, env = "DISPATCH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Internal networks the built-in http.fetch may reach anyway, comma-separated
+    /// (e.g. 10.1.0.0/16,127.0.0.1); by default it refuses loopback, private, link-local and
+    /// multicast addresses.
+    #[arg(long, env = "DISPATCH_WORKER_FETCH_ALLOW", value_delimiter = ',')]
+    fetch_allow: Vec<dispatch_worker::handlers::Net>,
     /// Serve Prometheus metrics on GET /metrics at this address (e.g. 127.0.0.1:9091).
     #[arg(long, env = "DISPATCH_WORKER_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -68,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         drain_grace: Duration::from_secs(flags.drain_grace_s),
         metrics_addr: flags.metrics_addr,
         token: flags.token.filter(|t| !t.is_empty()),
+        fetch_allow: flags.fetch_allow,
         ..Default::default()
     };
     if let Some(id) = flags.worker_id {

@@ -86,8 +86,17 @@ pub fn response(status: &tonic::Status) -> Response {
 pub fn with_status(status: &tonic::Status, http: StatusCode) -> Response {
     let mut resp = (http, axum::Json(body(status, http))).into_response();
     if matches!(http, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        // RetryInfo's delay when the status carries one, in whole seconds (at least 1).
+        let secs = status
+            .get_error_details()
+            .retry_info()
+            .and_then(|r| r.retry_delay)
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .unwrap_or(1)
+            .max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
     }
     resp
 }

@@ -65,6 +65,7 @@ impl JobService for JobApi {
             let mut errs = FieldErrors::default();
             let job = self.0.limits.new_job(&mut errs, "", req.get_ref(), &tp);
             errs.into_result(())?;
+            self.0.check_rate(req.extensions().get::<crate::auth::Identity>(), 1)?;
             let _permit = self.0.admit(1)?;
             let resp = self.create_one(self.0.store.new_id(&job), &job).await?;
             if let Some(j) = &resp.job {
@@ -100,6 +101,8 @@ impl JobService for JobApi {
                 .map(|(i, r)| self.0.limits.new_job(&mut errs, &format!("jobs[{i}]."), r, &tp))
                 .collect();
             errs.into_result(())?;
+            self.0
+                .check_rate(req.extensions().get::<crate::auth::Identity>(), jobs.len())?;
             let _permit = self.0.admit(jobs.len())?;
             // One atomic step per partition the batch touches (one, unless it has
             // idempotency keys).
@@ -182,13 +185,29 @@ impl JobService for JobApi {
             let more = ids.len() > size;
             ids.truncate(size);
             let jobs = self.0.store.get_many(&ids).await.map_err(|e| self.0.store_err(e))?;
-            let next_page_token = if more {
+            // A page ends early at the byte budget; the token then points after its last job.
+            let budget = self.0.config.limits.list_reply_bytes;
+            let mut shown = Vec::with_capacity(jobs.len());
+            let mut bytes = 0;
+            for j in &jobs {
+                let job = self.0.job_view(j);
+                let len = prost::Message::encoded_len(&job) + 8;
+                if !shown.is_empty() && bytes + len > budget {
+                    break;
+                }
+                bytes += len;
+                shown.push(job);
+            }
+            let cut = shown.len() < jobs.len();
+            let next_page_token = if cut {
+                shown.last().map(|j| j.id.clone()).unwrap_or_default()
+            } else if more {
                 ids.last().cloned().unwrap_or_default()
             } else {
                 String::new()
             };
             Ok(Response::new(pb::ListJobsResponse {
-                jobs: jobs.iter().map(|j| self.0.job_view(j)).collect(),
+                jobs: shown,
                 next_page_token,
             }))
         }
@@ -201,6 +220,7 @@ impl JobService for JobApi {
     async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let span = super::rpc_span("dispatch.v1.JobService/WatchJob", req.metadata());
         async move {
+            let slot = self.0.watches.open(req.extensions().get::<crate::auth::Identity>())?;
             let id = req.into_inner().id;
             let mut errs = FieldErrors::default();
             validate::job_id(&mut errs, "id", &id);
@@ -209,8 +229,11 @@ impl JobService for JobApi {
             let mut wakes = self.0.hub.watch(&id).await.map_err(|e| self.0.store_err(e.into()))?;
             let job = self.0.store.get(&id).await.map_err(|e| self.0.store_err(e))?;
             let store = self.0.store.clone();
+            let stop = self.0.shutdown.clone();
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(async move {
+                // The stream's place is freed when this task ends.
+                let _slot = slot;
                 let mut cursor = 0;
                 loop {
                     let events = match store.history(&id, cursor, 256).await {
@@ -243,6 +266,10 @@ impl JobService for JobApi {
                         _ = wakes.rx.recv() => {} // a change, or lagged/closed: re-read
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = tx.closed() => return,
+                        _ = stop.cancelled() => {
+                            let _ = tx.send(Err(Status::unavailable("dispatch is stopping; watch again"))).await;
+                            return;
+                        }
                     }
                 }
             });

@@ -30,6 +30,13 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The API keys when authentication is on.
     pub keys: Option<crate::auth::Keys>,
+    /// Open watch streams.
+    pub watches: crate::limits::Watches,
+    /// Job creation per key.
+    pub create_rate: crate::limits::CreateRate,
+    /// Cancelled when dispatch stops: open watch streams end, so stopping never waits on
+    /// a client.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Shared {
@@ -46,6 +53,18 @@ impl Shared {
 }
 
 impl Shared {
+    /// RESOURCE_EXHAUSTED (with RetryInfo) when `who` may not create `n` more jobs now.
+    fn check_rate(&self, who: Option<&crate::auth::Identity>, n: usize) -> Result<(), tonic::Status> {
+        match (who, self.create_rate.take(who, n, std::time::Instant::now())) {
+            (Some(id), Err(wait)) => {
+                self.metrics.rejected.with_label_values(&["rate"]).inc();
+                tracing::warn!(audit = true, key = %id.name, jobs = n, "creation refused: rate limit");
+                Err(self.create_rate.refusal(id, wait))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A job as JobService shows it: with authentication on, without its lease id, which
     /// only the worker that claimed the job receives (a lease id is a capability).
     fn job_view(&self, r: &JobRecord) -> dispatch_client::pb::Job {

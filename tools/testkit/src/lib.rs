@@ -538,6 +538,8 @@ impl Stack {
             run_stream: self.config.streams.run_stream.clone(),
             metrics_addr: None,
             token: None,
+            // Tests serve http.fetch targets on loopback.
+            fetch_allow: vec!["127.0.0.0/8".parse().unwrap()],
         }
     }
 
