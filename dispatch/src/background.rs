@@ -46,7 +46,10 @@ pub async fn run(
         every("timers", cfg.scheduler_interval_ms, shutdown.clone(), move || {
             let (store, wake, metrics) = (store.clone(), wake.clone(), metrics.clone());
             async move {
-                let steps = store.layout().all().map(|p| timers_step(&store, p, &wake, &metrics));
+                let due = store.due(BATCH).await?;
+                let steps = due
+                    .into_iter()
+                    .map(|(p, ids)| timers_step(&store, p, ids, &wake, &metrics));
                 let mut more = false;
                 for r in futures::future::join_all(steps).await {
                     more |= r?;
@@ -69,8 +72,14 @@ pub async fn run(
 
 /// Handles due timers of partition `p` until fewer than a batch are due. Returns whether a
 /// whole batch was handled (more may be due).
-async fn timers_step(store: &Store, p: Partition, wake: &Notify, metrics: &Metrics) -> Result<bool, Failure> {
-    let t = store.tick(p, BATCH).await?;
+async fn timers_step(
+    store: &Store,
+    p: Partition,
+    ids: Vec<String>,
+    wake: &Notify,
+    metrics: &Metrics,
+) -> Result<bool, Failure> {
+    let t = store.tick_ids(p, ids).await?;
     if t.promoted + t.reaped > 0 {
         wake.notify_one();
         tracing::debug!(

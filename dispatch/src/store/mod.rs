@@ -65,7 +65,6 @@ struct Scripts {
     fail: Script,
     cancel: Script,
     retry: Script,
-    due: Script,
     tick: Script,
     sweep: Script,
 }
@@ -83,13 +82,12 @@ impl Scripts {
             fail: s(include_str!("lua/fail.lua")),
             cancel: s(include_str!("lua/cancel.lua")),
             retry: s(include_str!("lua/retry.lua")),
-            due: s(include_str!("lua/due.lua")),
             tick: s(include_str!("lua/tick.lua")),
             sweep: s(include_str!("lua/sweep.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 11] {
+    fn all(&self) -> [&Script; 10] {
         [
             &self.create,
             &self.claim,
@@ -99,7 +97,6 @@ impl Scripts {
             &self.fail,
             &self.cancel,
             &self.retry,
-            &self.due,
             &self.tick,
             &self.sweep,
         ]
@@ -277,12 +274,26 @@ impl Store {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, Error> {
-        let mut all_keys = p.header();
-        all_keys.extend(keys);
-        let mut all_args = Vec::with_capacity(args.len() + 1);
-        all_args.push(self.retention.to_string());
-        all_args.extend(args);
-        Ok(script.evalsha_with_reload(&self.client, all_keys, all_args).await?)
+        let header = p.header();
+        // EVALSHA as a custom command, routed to the partition's slot: unlike fred's own
+        // evalsha it is pipelined, so one script's round trip does not hold back every other
+        // command on the connection (each of ours is independent; a NOSCRIPT reloads and
+        // repeats just that one).
+        let slot = fred::util::redis_keyslot(header[0].as_bytes());
+        let command = || CustomCommand::new_static("EVALSHA", fred::types::ClusterHash::Custom(slot), false);
+        let mut call: Vec<Value> = Vec::with_capacity(3 + header.len() + keys.len() + args.len());
+        call.push(Value::from(script.sha1().clone()));
+        call.push(Value::from((header.len() + keys.len()) as i64));
+        call.extend(header.into_iter().chain(keys).map(Value::from));
+        call.push(Value::from(self.retention.to_string()));
+        call.extend(args.into_iter().map(Value::from));
+        match self.client.custom::<R, _>(command(), call.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                script.load(&self.client).await?;
+                Ok(self.client.custom(command(), call).await?)
+            }
+            r => Ok(r?),
+        }
     }
 
     /// Runs a batch script in partition `p` whose reply is one array of strings per item.

@@ -5,7 +5,7 @@
 use fred::prelude::*;
 use fred::types::Value;
 
-use super::{Error, Partition, Store};
+use super::{Error, Partition, Store, cmd};
 
 /// What one timers step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,12 +28,59 @@ pub struct SweepCandidate {
 }
 
 impl Store {
+    /// The ids whose timer is due by Redis's clock, at most `limit` per partition, earliest
+    /// first, for every partition that has any: one TIME, then one pipeline of reads (no
+    /// script, so nothing waits behind it on the connection while the timers are idle).
+    pub async fn due(&self, limit: usize) -> Result<Vec<(Partition, Vec<String>)>, Error> {
+        let now = self.time_ms().await?.to_string();
+        let limit = limit.to_string();
+        let pipeline = self.client.pipeline();
+        for p in self.layout.all() {
+            let _: () = pipeline
+                .custom(
+                    cmd("ZRANGEBYSCORE"),
+                    vec![
+                        p.timers(),
+                        "-inf".into(),
+                        now.clone(),
+                        "LIMIT".into(),
+                        "0".into(),
+                        limit.clone(),
+                    ],
+                )
+                .await?;
+        }
+        let replies: Vec<Value> = pipeline.all().await?;
+        Ok(self
+            .layout
+            .all()
+            .zip(replies)
+            .map(|(p, v)| {
+                (
+                    p,
+                    v.into_array()
+                        .into_iter()
+                        .filter_map(|v| v.into_string())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .filter(|(_, ids)| !ids.is_empty())
+            .collect())
+    }
+
     /// One timers step in partition `p`: handles up to `limit` jobs whose timer is due by
     /// Redis's clock (see tick.lua).
     pub async fn tick(&self, p: Partition, limit: usize) -> Result<Tick, Error> {
-        let ids: Vec<String> = self
-            .eval(&self.scripts.due, p, Vec::new(), vec![limit.to_string()])
-            .await?;
+        let due = self.due(limit).await?;
+        match due.into_iter().find(|(q, _)| *q == p) {
+            Some((_, ids)) => self.tick_ids(p, ids).await,
+            None => Ok(Tick::default()),
+        }
+    }
+
+    /// One timers step in partition `p` for `ids` (from [`Store::due`]): tick.lua checks
+    /// again, by its own clock, that each is due.
+    pub async fn tick_ids(&self, p: Partition, ids: Vec<String>) -> Result<Tick, Error> {
         if ids.is_empty() {
             return Ok(Tick::default());
         }
