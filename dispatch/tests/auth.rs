@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut};
 use dispatch::auth::Role;
 use dispatch_client::pb;
-use dispatch_testkit::{Stack, eventually};
+use dispatch_testkit::{Stack, authed, eventually};
 use prost::Message;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -47,13 +47,6 @@ async fn stack_with_keys() -> (Stack, tempfile::TempDir, PathBuf, HashMap<Role, 
     let path = file.display().to_string();
     let s = Stack::start_with(|c| c.auth.keys_file = path).await;
     (s, dir, file, tokens)
-}
-
-fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
 }
 
 /// Raw protobuf bytes in and out, so any method can be called with an empty message.

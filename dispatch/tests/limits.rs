@@ -6,18 +6,11 @@ use std::time::Duration;
 
 use dispatch::auth::Role;
 use dispatch_client::pb;
-use dispatch_testkit::{Stack, eventually};
+use dispatch_testkit::{Stack, authed, eventually};
 use tonic::Code;
 use tonic_types::StatusExt;
 
 const T: Duration = Duration::from_secs(30);
-
-fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
-}
 
 fn job(queue: &str, payload: serde_json::Value) -> pb::CreateJobRequest {
     pb::CreateJobRequest {

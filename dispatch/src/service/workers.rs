@@ -216,18 +216,24 @@ impl WorkerService for WorkerApi {
                 .iter()
                 .map(|(id, lease, _)| check_holder(who, id, lease).err())
                 .collect();
-            let allowed: Vec<(String, String, String)> = reports
-                .iter()
-                .zip(&refused)
-                .filter(|(_, r)| r.is_none())
-                .map(|(rep, _)| rep.clone())
-                .collect();
+            let kept: Vec<(String, String, String)>;
+            let allowed: &[(String, String, String)] = if refused.iter().all(Option::is_none) {
+                &reports
+            } else {
+                kept = reports
+                    .iter()
+                    .zip(&refused)
+                    .filter(|(_, r)| r.is_none())
+                    .map(|(rep, _)| rep.clone())
+                    .collect();
+                &kept
+            };
             let mut stored = if allowed.is_empty() {
                 Vec::new()
             } else {
                 self.0
                     .store
-                    .complete_many(&allowed)
+                    .complete_many(allowed)
                     .await
                     .map_err(|e| self.0.store_err(e))?
             }
@@ -238,7 +244,7 @@ impl WorkerService for WorkerApi {
                     Some(status) => Err(status),
                     None => stored
                         .next()
-                        .expect("one outcome per allowed report")
+                        .unwrap_or_else(|| Err(crate::store::Error::Corrupt("a report without an outcome".into())))
                         .map_err(Status::from),
                 })
                 .collect();

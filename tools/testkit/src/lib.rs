@@ -59,6 +59,16 @@ pub fn nats_server_bin() -> PathBuf {
     if venv.exists() { venv } else { "nats-server".into() }
 }
 
+/// `msg` as a request carrying `authorization: Bearer <token>` (dispatch with API keys on).
+pub fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a token fits a header"),
+    );
+    req
+}
+
 /// Polls `f` until it returns Some, or panics after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
