@@ -423,7 +423,7 @@ impl Config {
 }
 
 /// `url` with its secrets replaced by `***`: the password of `user:password@` (or all of a
-/// lone `token@`), and query parameters whose name mentions a password or token. For logs,
+/// lone `token@`), and query parameters whose name mentions a pass(word) or token. For logs,
 /// errors and printed configuration.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -446,7 +446,7 @@ pub fn redact_url(url: &str) -> String {
                 .split('&')
                 .map(|kv| {
                     let name = kv.split('=').next().unwrap_or("").to_ascii_lowercase();
-                    if name.contains("password") || name.contains("token") || name.contains("pass") {
+                    if name.contains("pass") || name.contains("token") {
                         format!("{}=***", kv.split('=').next().unwrap_or(""))
                     } else {
                         kv.to_string()
