@@ -4,7 +4,6 @@
 //! events `job_processing.<queue>`, `job_complete.<queue>`, `job_failed.<queue>`,
 //! `job_cancelled.<queue>` (stream `DISPATCH_EVENTS`, kept for `events_max_age_s`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -14,7 +13,7 @@ use dispatch_client::pb;
 use prost::Message;
 
 use crate::config::Streams;
-use crate::store::State;
+use crate::store::{OutboxMsg, State};
 
 /// Header naming the event kind (`run`, `processing`, `complete`, `failed`, `cancelled`).
 pub const KIND_HEADER: &str = "Dispatch-Kind";
@@ -73,9 +72,8 @@ pub struct Outgoing {
 }
 
 /// Builds the NATS message for one outbox entry; `None` for an entry of unknown kind.
-pub fn outgoing(fields: &HashMap<String, String>) -> Option<Outgoing> {
-    let g = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
-    let (kind, id, queue, attempt) = (g("kind"), g("id"), g("queue"), g("attempt"));
+pub fn outgoing(m: &OutboxMsg) -> Option<Outgoing> {
+    let (kind, id, queue, attempt) = (m.kind.as_str(), m.id.as_str(), m.queue.as_str(), m.attempt.as_str());
     let subject_base = match kind {
         "run" => "job_run",
         "processing" => "job_processing",
@@ -90,36 +88,36 @@ pub fn outgoing(fields: &HashMap<String, String>) -> Option<Outgoing> {
             job_id: id.into(),
             attempt: attempt_n,
             queue: queue.into(),
-            r#type: g("type").into(),
+            r#type: m.job_type.clone(),
         }
         .encode_to_vec()
     } else {
-        let ts: u64 = g("ts").parse().unwrap_or(0);
+        let ts: u64 = m.ts.parse().unwrap_or(0);
         pb::JobEvent {
             version: 1,
             job_id: id.into(),
             queue: queue.into(),
-            r#type: g("type").into(),
+            r#type: m.job_type.clone(),
             attempt: attempt_n,
-            state: State::parse(g("state")).map(crate::api::state_to_pb).unwrap_or(0),
-            worker_id: g("worker_id").into(),
+            state: State::parse(&m.state).map(crate::api::state_to_pb).unwrap_or(0),
+            worker_id: m.worker_id.clone(),
             timestamp: Some(crate::api::ts(ts)),
-            error: g("error").into(),
-            sequence: g("seq").parse().unwrap_or(0),
+            error: m.error.clone(),
+            sequence: m.seq.parse().unwrap_or(0),
         }
         .encode_to_vec()
     };
     let mut headers = HeaderMap::new();
     let msg_id = if kind == "run" {
-        format!("{id}:{attempt}{}", g("sfx"))
+        format!("{id}:{attempt}{}", m.sfx)
     } else {
         format!("{id}:{attempt}:{kind}")
     };
     headers.insert("Nats-Msg-Id", msg_id.as_str());
     headers.insert(KIND_HEADER, kind);
     headers.insert(VERSION_HEADER, "1");
-    if !g("tp").is_empty() {
-        headers.insert("traceparent", g("tp"));
+    if !m.tp.is_empty() {
+        headers.insert("traceparent", m.tp.as_str());
     }
     Some(Outgoing {
         subject: format!("{subject_base}.{queue}"),
@@ -132,22 +130,18 @@ pub fn outgoing(fields: &HashMap<String, String>) -> Option<Outgoing> {
 mod tests {
     use super::*;
 
-    fn entry(kind: &str) -> HashMap<String, String> {
-        [
-            ("kind", kind),
-            ("id", "j1"),
-            ("queue", "q"),
-            ("type", "noop"),
-            ("attempt", "2"),
-            ("state", "FAILED"),
-            ("ts", "1000"),
-            ("seq", "4"),
-            ("tp", ""),
-            ("sfx", ""),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    fn entry(kind: &str) -> OutboxMsg {
+        OutboxMsg {
+            kind: kind.into(),
+            id: "j1".into(),
+            queue: "q".into(),
+            job_type: "noop".into(),
+            attempt: "2".into(),
+            state: "FAILED".into(),
+            ts: "1000".into(),
+            seq: "4".into(),
+            ..OutboxMsg::default()
+        }
     }
 
     #[test]

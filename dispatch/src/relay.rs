@@ -153,31 +153,30 @@ async fn publish_batch(
     let mut acks = Vec::with_capacity(entries.len());
     let mut failed = 0;
     for (part, e) in entries {
-        if e.fields.is_empty() {
+        let Some(m) = &e.msg else {
             // Deleted already (acknowledged by another relay after a takeover).
             done.push((part, e.stream_id));
             continue;
-        }
-        let Some(mut msg) = bus::outgoing(&e.fields) else {
+        };
+        let Some(mut msg) = bus::outgoing(m) else {
             tracing::error!(entry = ?e, "outbox entry of unknown kind dropped");
             done.push((part, e.stream_id));
             continue;
         };
-        if dispatch_telemetry::exporting() && e.fields.get("kind").is_some_and(|k| k == "run") {
+        if dispatch_telemetry::exporting() && m.kind == "run" {
             // A producer span per run message, child of the job's trace context; the worker's
             // span hangs off it.
-            let get = |k: &str| e.fields.get(k).map(String::as_str).unwrap_or("");
             let span = tracing::info_span!(
                 "publish",
                 otel.name = format!("publish {}", msg.subject),
                 otel.kind = "producer",
                 messaging.system = "nats",
-                job_id = get("id"),
-                queue = get("queue"),
-                job_type = get("type"),
-                attempt = get("attempt"),
+                job_id = m.id.as_str(),
+                queue = m.queue.as_str(),
+                job_type = m.job_type.as_str(),
+                attempt = m.attempt.as_str(),
             );
-            dispatch_telemetry::set_parent(&span, get("tp"));
+            dispatch_telemetry::set_parent(&span, &m.tp);
             if let Some(tp) = dispatch_telemetry::traceparent(&span) {
                 msg.headers.insert("traceparent", tp.as_str());
             }

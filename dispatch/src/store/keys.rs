@@ -38,12 +38,12 @@ impl Partition {
 
     /// The job's record (a hash, with its history).
     pub fn job(self, id: &str) -> String {
-        self.key(&format!("job:{id}"))
+        format!("{PREFIX}{{p{}}}:job:{id}", self.0)
     }
 
     /// The job's payload (a string).
     pub fn payload(self, id: &str) -> String {
-        self.key(&format!("job:{id}:p"))
+        format!("{PREFIX}{{p{}}}:job:{id}:p", self.0)
     }
 
     /// SCHEDULED jobs by run time, RUNNING jobs by lease deadline, finished jobs by expiry.
@@ -53,7 +53,7 @@ impl Partition {
 
     /// Jobs in `state`, members `<queue>:<id>` with score 0 (ordered by queue, then id).
     pub fn idx(self, state: State) -> String {
-        self.key(&format!("idx:{}", state.as_str()))
+        format!("{PREFIX}{{p{}}}:idx:{}", self.0, state.as_str())
     }
 
     /// Messages waiting to be published to NATS by the relay.
@@ -68,7 +68,7 @@ impl Partition {
 
     /// The job id of an idempotency key.
     pub fn idem(self, queue: &str, key: &str) -> String {
-        self.key(&format!("idem:{queue}:{key}"))
+        format!("{PREFIX}{{p{}}}:idem:{queue}:{key}", self.0)
     }
 
     /// The keys every script gets first, in this order (KEYS[1..9] in lib.lua).

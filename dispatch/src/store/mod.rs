@@ -21,12 +21,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fred::bytes_utils::Str;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{CustomCommand, FromValue, Value};
 
 pub use keys::{LEGACY_KEYS, Layout, META, PREFIX, Partition};
-pub use outbox::{OUTBOX_GROUP, OutboxEntry};
+pub use outbox::{OUTBOX_GROUP, OutboxEntry, OutboxMsg};
 pub use record::{Backoff, HistoryEvent, JobError, JobRecord, NewJob, QueueCounts, State};
 pub use timers::{SweepCandidate, Tick};
 pub use transitions::{Beat, Claim, Completed, Created};
@@ -136,7 +137,9 @@ pub struct Store {
     scripts: Arc<Scripts>,
     layout: Layout,
     /// The default retention as the scripts take it, "succeeded|failed|cancelled" in ms.
-    retention: Arc<str>,
+    retention: Str,
+    /// Each partition's header keys (`Partition::header`), made once: every script gets them.
+    headers: Arc<[Vec<Str>]>,
     /// Per-queue retention overrides, in the same form.
     queue_retention: Arc<BTreeMap<String, String>>,
 }
@@ -185,13 +188,18 @@ impl Store {
             s.load(&client).await?;
         }
         let r = &options.retention;
+        let layout = Layout {
+            partitions: options.partitions.max(1),
+        };
         let store = Store {
             client,
             scripts: Arc::new(scripts),
-            layout: Layout {
-                partitions: options.partitions.max(1),
-            },
+            layout,
             retention: format!("{}|{}|{}", r.succeeded_ms, r.failed_ms, r.cancelled_ms).into(),
+            headers: layout
+                .all()
+                .map(|p| p.header().into_iter().map(Str::from).collect())
+                .collect(),
             queue_retention: Arc::new(
                 r.queues
                     .iter()
@@ -271,41 +279,46 @@ impl Store {
         &self,
         script: &Script,
         p: Partition,
-        keys: Vec<String>,
-        args: Vec<String>,
+        build: impl Fn() -> (Vec<String>, Vec<String>),
     ) -> Result<R, Error> {
-        let header = p.header();
         // EVALSHA as a custom command, routed to the partition's slot: unlike fred's own
         // evalsha it is pipelined, so one script's round trip does not hold back every other
         // command on the connection (each of ours is independent; a NOSCRIPT reloads and
-        // repeats just that one).
+        // repeats just that one, its arguments built again by `build` rather than copied in
+        // case it is needed).
+        let header = &self.headers[usize::from(p.0)];
         let slot = fred::util::redis_keyslot(header[0].as_bytes());
         let command = || CustomCommand::new_static("EVALSHA", fred::types::ClusterHash::Custom(slot), false);
-        let mut call: Vec<Value> = Vec::with_capacity(3 + header.len() + keys.len() + args.len());
-        call.push(Value::from(script.sha1().clone()));
-        call.push(Value::from((header.len() + keys.len()) as i64));
-        call.extend(header.into_iter().chain(keys).map(Value::from));
-        call.push(Value::from(self.retention.to_string()));
-        call.extend(args.into_iter().map(Value::from));
-        match self.client.custom::<R, _>(command(), call.clone()).await {
+        let call = || {
+            let (keys, args) = build();
+            let mut call: Vec<Value> = Vec::with_capacity(3 + header.len() + keys.len() + args.len());
+            call.push(Value::from(script.sha1().clone()));
+            call.push(Value::from((header.len() + keys.len()) as i64));
+            call.extend(header.iter().map(|k| Value::String(k.clone())));
+            call.extend(keys.into_iter().map(Value::from));
+            call.push(Value::String(self.retention.clone()));
+            call.extend(args.into_iter().map(Value::from));
+            call
+        };
+        match self.client.custom::<R, _>(command(), call()).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 script.load(&self.client).await?;
-                Ok(self.client.custom(command(), call).await?)
+                Ok(self.client.custom(command(), call()).await?)
             }
             r => Ok(r?),
         }
     }
 
-    /// Runs a batch script in partition `p` whose reply is one array of strings per item.
+    /// Runs a batch script of `n` items in partition `p` whose reply is one array of strings
+    /// per item.
     async fn eval_items(
         &self,
         script: &Script,
         p: Partition,
-        keys: Vec<String>,
-        args: Vec<String>,
         n: usize,
+        build: impl Fn() -> (Vec<String>, Vec<String>),
     ) -> Result<Vec<Vec<String>>, Error> {
-        let reply: Value = self.eval(script, p, keys, args).await?;
+        let reply: Value = self.eval(script, p, build).await?;
         let items: Vec<Vec<String>> = reply
             .into_array()
             .into_iter()

@@ -15,7 +15,40 @@ pub const OUTBOX_GROUP: &str = "relay";
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEntry {
     pub stream_id: String,
-    pub fields: HashMap<String, String>,
+    /// `None` when the entry is gone already (acknowledged and deleted by another relay after
+    /// a takeover).
+    pub msg: Option<OutboxMsg>,
+}
+
+/// The message of one outbox entry: what `outbox` in lib.lua packs, in its order (one field
+/// `m`, a JSON array of 12 strings). An entry that does not decode has kind `undecodable`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboxMsg {
+    /// run | processing | complete | failed | cancelled
+    pub kind: String,
+    pub id: String,
+    pub queue: String,
+    pub job_type: String,
+    pub attempt: String,
+    pub state: String,
+    pub worker_id: String,
+    /// Time of the transition, ms since the epoch.
+    pub ts: String,
+    pub error: String,
+    pub seq: String,
+    /// The job's W3C traceparent.
+    pub tp: String,
+    /// Suffix of a run message's id (a run written again by the sweeper).
+    pub sfx: String,
+}
+
+impl OutboxMsg {
+    fn undecodable() -> OutboxMsg {
+        OutboxMsg {
+            kind: "undecodable".into(),
+            ..OutboxMsg::default()
+        }
+    }
 }
 
 impl Store {
@@ -246,61 +279,106 @@ fn parse_entries(v: Value) -> Result<Vec<OutboxEntry>, Error> {
                 .next()
                 .and_then(|v| v.into_string())
                 .ok_or_else(|| Error::Corrupt("stream entry without id".into()))?;
-            let mut fields = HashMap::new();
+            // Fields come as [k, v, ...]: ours is the one field `m`.
             let mut kv = parts.next().map(|v| v.into_array()).unwrap_or_default().into_iter();
+            let mut any = false;
+            let mut msg = None;
             while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
-                if let (Some(k), Some(v)) = (k.into_string(), v.into_string()) {
-                    fields.insert(k, v);
+                any = true;
+                if k.as_str().as_deref() == Some("m") {
+                    let packed = v.as_str().unwrap_or_default();
+                    // An undecodable entry gets an unknown kind: the relay logs and drops it
+                    // rather than stall on it.
+                    msg = Some(unpack_outbox(&packed).unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "undecodable outbox entry");
+                        OutboxMsg::undecodable()
+                    }));
                 }
             }
-            if let Some(packed) = fields.remove("m") {
-                // An undecodable entry gets an unknown kind: the relay logs and drops it rather
-                // than stall on it.
-                fields = unpack_outbox(&packed).unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "undecodable outbox entry");
-                    HashMap::from([("kind".to_string(), "undecodable".to_string())])
-                });
-            }
-            Ok(OutboxEntry { stream_id, fields })
+            let msg = if any {
+                msg.or_else(|| Some(OutboxMsg::undecodable()))
+            } else {
+                None
+            };
+            Ok(OutboxEntry { stream_id, msg })
         })
         .collect()
 }
 
-/// Names of the values of a packed outbox entry (field `m`, a JSON array; see `outbox` in
-/// lib.lua), in order.
-const OUTBOX_FIELDS: [&str; 12] = [
-    "kind",
-    "id",
-    "queue",
-    "type",
-    "attempt",
-    "state",
-    "worker_id",
-    "ts",
-    "error",
-    "seq",
-    "tp",
-    "sfx",
-];
+/// One value of a packed outbox entry: a string, or a number taken as its text (cjson encodes
+/// Lua numbers as such).
+struct Text(String);
 
-/// Decodes a packed outbox entry into its named fields.
-fn unpack_outbox(packed: &str) -> Result<HashMap<String, String>, Error> {
-    let values: Vec<serde_json::Value> =
-        serde_json::from_str(packed).map_err(|e| Error::Corrupt(format!("outbox entry {packed:?}: {e}")))?;
-    if values.len() != OUTBOX_FIELDS.len() {
-        return Err(Error::Corrupt(format!("outbox entry of {} values", values.len())));
+impl<'de> serde::Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text, E> {
+                Ok(Text(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Text, E> {
+                Ok(Text(
+                    serde_json::Number::from_f64(v)
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                ))
+            }
+        }
+        d.deserialize_any(V)
     }
-    // Values are strings; a number (cjson encodes Lua numbers as such) is taken as its text.
-    let text = |v: serde_json::Value| match v {
-        serde_json::Value::String(s) => Ok(s),
-        serde_json::Value::Number(n) => Ok(n.to_string()),
-        other => Err(Error::Corrupt(format!("outbox value {other}"))),
+}
+
+/// Decodes a packed outbox entry (see `outbox` in lib.lua).
+fn unpack_outbox(packed: &str) -> Result<OutboxMsg, Error> {
+    let values: Vec<Text> =
+        serde_json::from_str(packed).map_err(|e| Error::Corrupt(format!("outbox entry {packed:?}: {e}")))?;
+    let n = values.len();
+    let Ok(
+        [
+            kind,
+            id,
+            queue,
+            job_type,
+            attempt,
+            state,
+            worker_id,
+            ts,
+            error,
+            seq,
+            tp,
+            sfx,
+        ],
+    ) = <[Text; 12]>::try_from(values)
+    else {
+        return Err(Error::Corrupt(format!("outbox entry of {n} values")));
     };
-    OUTBOX_FIELDS
-        .iter()
-        .zip(values)
-        .map(|(k, v)| Ok((k.to_string(), text(v)?)))
-        .collect()
+    Ok(OutboxMsg {
+        kind: kind.0,
+        id: id.0,
+        queue: queue.0,
+        job_type: job_type.0,
+        attempt: attempt.0,
+        state: state.0,
+        worker_id: worker_id.0,
+        ts: ts.0,
+        error: error.0,
+        seq: seq.0,
+        tp: tp.0,
+        sfx: sfx.0,
+    })
 }
 
 #[cfg(test)]
@@ -311,18 +389,15 @@ mod tests {
     fn packed_outbox_entries_unpack_to_named_fields() {
         let m = r#"["failed","j1","q","noop","2","SCHEDULED","w-1","1700","bad \"x\" | y","4","00-ab-cd-01",""]"#;
         let f = unpack_outbox(m).unwrap();
-        assert_eq!(f["kind"], "failed");
-        assert_eq!(f["error"], "bad \"x\" | y");
-        assert_eq!(f["seq"], "4");
-        assert_eq!(f["tp"], "00-ab-cd-01");
-        assert_eq!(f["sfx"], "");
+        assert_eq!(f.kind, "failed");
+        assert_eq!(f.error, "bad \"x\" | y");
+        assert_eq!(f.seq, "4");
+        assert_eq!(f.tp, "00-ab-cd-01");
+        assert_eq!(f.sfx, "");
         assert!(unpack_outbox(r#"["run","j1"]"#).is_err());
         // A number where a string belongs is read as its text.
         let n = unpack_outbox(r#"["run","j1","q","t",1,"QUEUED","",1700,"",0,"",":s1"]"#).unwrap();
-        assert_eq!(
-            (n["attempt"].as_str(), n["seq"].as_str(), n["sfx"].as_str()),
-            ("1", "0", ":s1")
-        );
+        assert_eq!((n.attempt.as_str(), n.seq.as_str(), n.sfx.as_str()), ("1", "0", ":s1"));
         assert!(unpack_outbox(r#"["run","j1","q","t",[1],"QUEUED","",1700,"",0,"",""]"#).is_err());
         assert!(unpack_outbox("not json").is_err());
         // An undecodable entry in a stream reply is dropped by the relay, not fatal to the batch.
@@ -331,7 +406,11 @@ mod tests {
             Value::Array(vec![Value::from("m"), Value::from("{")]),
         ])]);
         let entries = parse_entries(reply).unwrap();
-        assert_eq!(entries[0].fields["kind"], "undecodable");
-        assert!(crate::bus::outgoing(&entries[0].fields).is_none());
+        let msg = entries[0].msg.as_ref().unwrap();
+        assert_eq!(msg.kind, "undecodable");
+        assert!(crate::bus::outgoing(msg).is_none());
+        // A deleted entry (no fields) has no message.
+        let gone = parse_entries(Value::Array(vec![Value::Array(vec![Value::from("2-0"), Value::Null])])).unwrap();
+        assert_eq!(gone[0].msg, None);
     }
 }

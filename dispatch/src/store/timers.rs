@@ -103,7 +103,9 @@ impl Store {
         }
         let mut args = vec![rand::random::<f64>().to_string()];
         args.extend(ids.iter().cloned());
-        let counts: Vec<u64> = self.eval(&self.scripts.tick, p, keys, args).await?;
+        let counts: Vec<u64> = self
+            .eval(&self.scripts.tick, p, || (keys.clone(), args.clone()))
+            .await?;
         let get = |i: usize| counts.get(i).copied().unwrap_or(0);
         Ok(Tick {
             due: ids.len(),
@@ -120,7 +122,7 @@ impl Store {
         if jobs.is_empty() {
             return Ok(0);
         }
-        let keys = jobs.iter().map(|j| p.job(&j.id)).collect();
+        let keys: Vec<String> = jobs.iter().map(|j| p.job(&j.id)).collect();
         let mut args = Vec::with_capacity(1 + jobs.len() * 2);
         args.push(age_ms.to_string());
         for j in jobs {
@@ -132,7 +134,9 @@ impl Store {
             }
             args.push(present);
         }
-        let n: i64 = self.eval(&self.scripts.sweep, p, keys, args).await?;
+        let n: i64 = self
+            .eval(&self.scripts.sweep, p, || (keys.clone(), args.clone()))
+            .await?;
         Ok(n.max(0) as u64)
     }
 }

@@ -88,15 +88,26 @@ impl Store {
             .collect();
         let outcomes = self
             .per_partition(items, |p, items| async move {
-                let mut keys = Vec::with_capacity(items.len() * 3);
-                let mut args = Vec::with_capacity(items.len() * 14);
-                for (id, job) in &items {
-                    keys.push(p.job(id));
-                    keys.push(p.payload(id));
-                    keys.push(p.idem(&job.queue, &job.idempotency_key));
-                    args.extend(self.create_args(id, job, idempotency_window_ms));
-                }
-                self.eval_items(&self.scripts.create, p, keys, args, items.len()).await
+                let build = || {
+                    let mut keys = Vec::with_capacity(items.len() * 3);
+                    let mut args = Vec::with_capacity(items.len() * 14);
+                    for (id, job) in &items {
+                        let record = p.job(id);
+                        // Without an idempotency key the script never reads its slot: the
+                        // record's key stands in (same partition, so same cluster slot).
+                        let idem = if job.idempotency_key.is_empty() {
+                            record.clone()
+                        } else {
+                            p.idem(&job.queue, &job.idempotency_key)
+                        };
+                        keys.push(record);
+                        keys.push(p.payload(id));
+                        keys.push(idem);
+                        args.extend(self.create_args(id, job, idempotency_window_ms));
+                    }
+                    (keys, args)
+                };
+                self.eval_items(&self.scripts.create, p, items.len(), build).await
             })
             .await?;
         let mut created = Vec::with_capacity(jobs.len());
@@ -160,22 +171,23 @@ impl Store {
     pub async fn claim_many(&self, claims: &[Claim]) -> Result<Vec<Result<JobRecord, Error>>, Error> {
         let items: Vec<_> = claims.iter().map(|c| (self.layout.partition_of(&c.id), c)).collect();
         self.per_partition(items, |p, claims| async move {
-            let mut keys = Vec::with_capacity(claims.len() * 2);
-            let mut args = Vec::with_capacity(claims.len() * 5);
-            for c in &claims {
-                keys.push(p.job(&c.id));
-                keys.push(p.payload(&c.id));
-                args.extend([
-                    c.id.clone(),
-                    c.attempt.to_string(),
-                    c.worker_id.clone(),
-                    c.lease_id.clone(),
-                    c.lease_ms.to_string(),
-                ]);
-            }
-            let items = self
-                .eval_items(&self.scripts.claim, p, keys, args, claims.len())
-                .await?;
+            let build = || {
+                let mut keys = Vec::with_capacity(claims.len() * 2);
+                let mut args = Vec::with_capacity(claims.len() * 5);
+                for c in &claims {
+                    keys.push(p.job(&c.id));
+                    keys.push(p.payload(&c.id));
+                    args.extend([
+                        c.id.clone(),
+                        c.attempt.to_string(),
+                        c.worker_id.clone(),
+                        c.lease_id.clone(),
+                        c.lease_ms.to_string(),
+                    ]);
+                }
+                (keys, args)
+            };
+            let items = self.eval_items(&self.scripts.claim, p, claims.len(), build).await?;
             Ok(items
                 .into_iter()
                 .zip(&claims)
@@ -215,13 +227,16 @@ impl Store {
     ) -> Result<Vec<Result<Completed, Error>>, Error> {
         let items: Vec<_> = reports.iter().map(|r| (self.layout.partition_of(&r.0), r)).collect();
         self.per_partition(items, |p, reports| async move {
-            let keys = reports.iter().map(|(id, _, _)| p.job(id)).collect();
-            let mut args = Vec::with_capacity(reports.len() * 3);
-            for (id, lease_id, result) in &reports {
-                args.extend([id.clone(), lease_id.clone(), result.clone()]);
-            }
+            let build = || {
+                let keys = reports.iter().map(|(id, _, _)| p.job(id)).collect();
+                let mut args = Vec::with_capacity(reports.len() * 3);
+                for (id, lease_id, result) in &reports {
+                    args.extend([id.clone(), lease_id.clone(), result.clone()]);
+                }
+                (keys, args)
+            };
             let items = self
-                .eval_items(&self.scripts.complete_many, p, keys, args, reports.len())
+                .eval_items(&self.scripts.complete_many, p, reports.len(), build)
                 .await?;
             Ok(items
                 .into_iter()
@@ -250,7 +265,9 @@ impl Store {
         args: Vec<String>,
     ) -> Result<JobRecord, Error> {
         let p = self.layout.partition_of(id);
-        let reply: Vec<String> = self.eval(script, p, vec![p.job(id), p.payload(id)], args).await?;
+        let reply: Vec<String> = self
+            .eval(script, p, || (vec![p.job(id), p.payload(id)], args.clone()))
+            .await?;
         Ok(record(id, reply)?.1)
     }
 
@@ -270,7 +287,9 @@ impl Store {
             if progress.is_some() { "1" } else { "0" }.to_string(),
             progress.unwrap_or_default(),
         ];
-        let reply: Vec<String> = self.eval(&self.scripts.heartbeat, p, vec![p.job(id)], args).await?;
+        let reply: Vec<String> = self
+            .eval(&self.scripts.heartbeat, p, || (vec![p.job(id)], args.clone()))
+            .await?;
         match reply.first().map(String::as_str) {
             Some("OK") if reply.len() == 3 => Ok(Beat {
                 cancel_requested: reply[1] == "1",

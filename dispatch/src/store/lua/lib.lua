@@ -29,6 +29,8 @@ local IDX = { SCHEDULED = KEYS[2], QUEUED = KEYS[3], RUNNING = KEYS[4], SUCCEEDE
   CANCELLED = KEYS[7] }
 local HEADER = 9
 local RETENTION = ARGV[1]
+-- The default retention, parsed once per call ("succeeded|failed|cancelled" ms).
+local RET_S, RET_F, RET_C = string.match(RETENTION, '^(%d+)|(%d+)|(%d+)$')
 -- History entries kept per job.
 local HISTORY = 100
 
@@ -65,8 +67,9 @@ local function member(job) return job.queue .. ':' .. job.id end
 -- Moves a job to another state: state index now, record fields at the next emit().
 local function set_state(job, new, now)
   if job.state ~= new then
-    redis.call('ZREM', IDX[job.state], member(job))
-    redis.call('ZADD', IDX[new], '0', member(job))
+    local m = member(job)
+    redis.call('ZREM', IDX[job.state], m)
+    redis.call('ZADD', IDX[new], '0', m)
   end
   job.state = new
   put(job, 'state', new)
@@ -112,7 +115,8 @@ end
 local function finish(job, state, now)
   set_state(job, state, now)
   put(job, 'finished_at', now)
-  local s, f, c = string.match(job.ret or RETENTION, '^(%d+)|(%d+)|(%d+)$')
+  local s, f, c = RET_S, RET_F, RET_C
+  if job.ret then s, f, c = string.match(job.ret, '^(%d+)|(%d+)|(%d+)$') end
   local keep = c
   if state == 'SUCCEEDED' then keep = s elseif state == 'FAILED' then keep = f end
   redis.call('ZADD', TIMERS, tonumber(now) + tonumber(keep), job.id)
@@ -227,7 +231,8 @@ local function claim_job(rk, id, attempt, worker_id, lease_id, lease_ms, now)
   if job.state ~= 'QUEUED' or job.attempt ~= attempt then
     return 'FAILED_PRECONDITION', 'job is ' .. job.state .. ' on attempt ' .. job.attempt
   end
-  local deadline = tonumber(now) + tonumber(lease_ms)
+  -- As a string once (Lua formats a number with sprintf each time it becomes one).
+  local deadline = tostring(tonumber(now) + tonumber(lease_ms))
   set_state(job, 'RUNNING', now)
   put(job, 'worker_id', worker_id)
   put(job, 'lease_id', lease_id)
