@@ -40,6 +40,35 @@ pub struct Config {
     pub auth: Auth,
     /// Caps per caller and in total.
     pub limits: RequestLimits,
+    /// TLS on both listeners (gRPC and HTTP).
+    pub tls: Tls,
+}
+
+/// TLS on the gRPC and HTTP listeners (docs/security.md). Off while `cert_file` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// The server's certificate chain, PEM (leaf first).
+    pub cert_file: String,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// CA certificates (PEM) of client certificates: when set, every connection must present
+    /// a certificate it signed (mutual TLS), on both listeners.
+    pub client_ca_file: String,
+    /// A connection that has not finished its TLS handshake this long after it was accepted
+    /// is closed.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: String::new(),
+            handshake_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// Caps on what callers may hold or ask for (docs/security.md).
@@ -60,6 +89,16 @@ pub struct RequestLimits {
     pub create_burst_per_key: u64,
     /// HTTP/2 streams (calls in flight) per gRPC connection.
     pub grpc_max_concurrent_streams: u32,
+    /// Connections open at once on the gRPC listener; beyond it new ones wait to be accepted.
+    pub grpc_connections: usize,
+    /// Connections open at once on the HTTP listener; beyond it new ones wait to be accepted.
+    pub http_connections: usize,
+    /// Calls to the worker RPCs (ClaimJobs, Heartbeat, CompleteJobs, FailJob, ...) handled at
+    /// once; a call beyond it waits up to `worker_admission_wait_ms` for a turn, then gets
+    /// RESOURCE_EXHAUSTED (HTTP 429) saying when to retry.
+    pub worker_calls: usize,
+    /// How long a worker call waits for a turn before it is refused.
+    pub worker_admission_wait_ms: u64,
 }
 
 impl Default for RequestLimits {
@@ -71,6 +110,10 @@ impl Default for RequestLimits {
             create_per_key_per_s: 50_000,
             create_burst_per_key: 100_000,
             grpc_max_concurrent_streams: 1024,
+            grpc_connections: 10_000,
+            http_connections: 10_000,
+            worker_calls: 4_096,
+            worker_admission_wait_ms: 1_000,
         }
     }
 }
@@ -150,6 +193,16 @@ pub struct Http {
     /// Interval of SSE keep-alive comments on `/api/job/{id}/events`, so proxies keep idle
     /// streams open.
     pub sse_keep_alive_ms: u64,
+    /// A request whose headers have not all arrived this long after its first byte (or after
+    /// the connection opened) gets its connection closed.
+    pub header_timeout_ms: u64,
+    /// A request body that has not all arrived this long after its headers: HTTP 408.
+    pub body_timeout_ms: u64,
+    /// A connection with no request in flight and no traffic this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Where to serve `/metrics` on a listener of its own (plain HTTP, no authentication, for
+    /// the Prometheus scraper); empty serves it on `http_addr`.
+    pub metrics_addr: String,
 }
 
 impl Default for Http {
@@ -157,6 +210,10 @@ impl Default for Http {
         Self {
             max_body_bytes: 4 << 20,
             sse_keep_alive_ms: 15_000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 120_000,
+            metrics_addr: String::new(),
         }
     }
 }
@@ -243,6 +300,7 @@ impl Default for Config {
             http: Http::default(),
             auth: Auth::default(),
             limits: RequestLimits::default(),
+            tls: Tls::default(),
         }
     }
 }
@@ -371,8 +429,25 @@ impl Config {
         if j.max_inflight_creates == 0 {
             return bad("jobs.max_inflight_creates must be positive");
         }
-        if self.http.max_body_bytes < 1024 || self.http.sse_keep_alive_ms == 0 {
+        let h = &self.http;
+        if h.max_body_bytes < 1024 || h.sse_keep_alive_ms == 0 {
             return bad("http.max_body_bytes must be at least 1024 and http.sse_keep_alive_ms positive");
+        }
+        if h.header_timeout_ms == 0 || h.body_timeout_ms == 0 || h.idle_timeout_ms == 0 {
+            return bad("http.header_timeout_ms, http.body_timeout_ms and http.idle_timeout_ms must be positive");
+        }
+        if !h.metrics_addr.is_empty() && h.metrics_addr.parse::<SocketAddr>().is_err() {
+            return bad("http.metrics_addr must be an address like 127.0.0.1:9090, or empty");
+        }
+        let t = &self.tls;
+        if t.cert_file.is_empty() != t.key_file.is_empty() {
+            return bad("tls.cert_file and tls.key_file go together: give both or neither");
+        }
+        if !t.client_ca_file.is_empty() && t.cert_file.is_empty() {
+            return bad("tls.client_ca_file needs tls.cert_file and tls.key_file");
+        }
+        if t.handshake_timeout_ms == 0 {
+            return bad("tls.handshake_timeout_ms must be positive");
         }
         if self.loops.relay_batch == 0 {
             return bad("loops.relay_batch must be positive");
@@ -390,9 +465,16 @@ impl Config {
             return bad("redis.partitions must be 1 to 1024");
         }
         let l = &self.limits;
-        if l.watch_streams == 0 || l.watch_streams_per_key == 0 || l.grpc_max_concurrent_streams == 0 {
+        if l.watch_streams == 0
+            || l.watch_streams_per_key == 0
+            || l.grpc_max_concurrent_streams == 0
+            || l.grpc_connections == 0
+            || l.http_connections == 0
+            || l.worker_calls == 0
+        {
             return bad(
-                "limits.watch_streams, limits.watch_streams_per_key and limits.grpc_max_concurrent_streams must be positive",
+                "limits.watch_streams, watch_streams_per_key, grpc_max_concurrent_streams, grpc_connections, \
+                 http_connections and worker_calls must be positive",
             );
         }
         if l.list_reply_bytes < 64 * 1024 {

@@ -24,6 +24,7 @@ pub mod bus;
 pub mod config;
 pub mod gateway;
 pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod relay;
 pub mod server;

@@ -33,6 +33,20 @@ struct Flags {
     /// anyone who can reach the ports can read and change every job.
     #[arg(long)]
     insecure: bool,
+    /// TLS certificate chain (PEM) of both listeners: turns TLS on (overrides tls.cert_file).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert (overrides tls.key_file).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) of client certificates: every connection must present one it
+    /// signed, mutual TLS (overrides tls.client_ca_file).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Serve /metrics on this address of its own instead of the HTTP port (overrides
+    /// http.metrics_addr).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// Any setting as key=value, dotted for sections (e.g. jobs.lease_ms=10000). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -127,6 +141,18 @@ async fn main() -> anyhow::Result<()> {
     }
     if flags.insecure {
         overrides.push(("auth.insecure".to_string(), "true".to_string()));
+    }
+    for (key, file) in [
+        ("tls.cert_file", &flags.tls_cert),
+        ("tls.key_file", &flags.tls_key),
+        ("tls.client_ca_file", &flags.tls_client_ca),
+    ] {
+        if let Some(f) = file {
+            overrides.push((key.to_string(), f.display().to_string()));
+        }
+    }
+    if let Some(a) = flags.metrics_addr {
+        overrides.push(("http.metrics_addr".to_string(), a.to_string()));
     }
     for kv in &flags.set {
         let (k, v) = kv

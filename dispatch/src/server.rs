@@ -8,8 +8,7 @@ use anyhow::Context;
 use dispatch_client::pb::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Limits;
@@ -25,6 +24,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// The address the HTTP side (REST gateway, OpenAPI, docs) is bound to.
     pub http_addr: SocketAddr,
+    /// The address of the separate `/metrics` listener, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -95,14 +96,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+    let tls = crate::listen::tls_acceptor(&config.tls)?;
+    let listener = crate::listen::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
     let grpc_addr = listener.local_addr()?;
-    let http_listener = crate::gateway::bind(config.http_addr)
+    let http_listener = crate::listen::bind(config.http_addr)
         .await
         .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
     let http_addr = http_listener.local_addr()?;
+    let metrics_listener = match config.http.metrics_addr.as_str() {
+        "" => None,
+        a => {
+            let addr: SocketAddr = a.parse().context("http.metrics_addr")?;
+            Some(
+                crate::listen::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics listener on {addr}"))?,
+            )
+        }
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
     let shutdown = CancellationToken::new();
     let relay_wake = Arc::new(Notify::new());
@@ -117,6 +131,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         relay_wake: relay_wake.clone(),
         hub,
         admission: Arc::new(tokio::sync::Semaphore::new(config.jobs.max_inflight_creates)),
+        worker_admission: Arc::new(tokio::sync::Semaphore::new(config.limits.worker_calls)),
         metrics: metrics.clone(),
         keys: keys.clone(),
         watches: crate::limits::Watches::new(config.limits.watch_streams, config.limits.watch_streams_per_key),
@@ -141,8 +156,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let mut tasks = Vec::new();
     let grpc_shutdown = shutdown.clone();
+    let handshake = std::time::Duration::from_millis(config.tls.handshake_timeout_ms);
+    let http_timeouts = crate::listen::HttpTimeouts {
+        header: std::time::Duration::from_millis(config.http.header_timeout_ms),
+        idle: std::time::Duration::from_millis(config.http.idle_timeout_ms),
+    };
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.limits.grpc_max_concurrent_streams))
+        // Idle connections are probed and, when the peer is gone, closed.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(crate::auth::GrpcAuthLayer(keys.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -155,24 +178,45 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.http.clone(),
         keys.clone(),
         shutdown.clone(),
-    )
-    .merge(crate::gateway::metrics_router(metrics.clone(), store.clone()));
-    tasks.push(tokio::spawn(crate::gateway::serve(
+    );
+    let metrics_router = crate::gateway::metrics_router(metrics.clone(), store.clone());
+    let http_router = match metrics_listener {
+        // /metrics on its own plain listener (for the scraper), not beside the API.
+        Some(l) => {
+            let conns = crate::listen::incoming(l, 64, None, handshake, shutdown.clone());
+            tasks.push(tokio::spawn(crate::listen::serve_http(
+                conns,
+                metrics_router,
+                http_timeouts,
+                shutdown.clone(),
+            )));
+            http_router
+        }
+        None => http_router.merge(metrics_router),
+    };
+    let http_conns = crate::listen::incoming(
         http_listener,
+        config.limits.http_connections,
+        tls.clone(),
+        handshake,
+        shutdown.clone(),
+    );
+    tasks.push(tokio::spawn(crate::listen::serve_http(
+        http_conns,
         http_router,
+        http_timeouts,
         shutdown.clone(),
     )));
+    let grpc_conns = crate::listen::incoming(
+        listener,
+        config.limits.grpc_connections,
+        tls.clone(),
+        handshake,
+        shutdown.clone(),
+    );
     tasks.push(tokio::spawn(async move {
-        // TCP_NODELAY on every connection: without it a response written in pieces (headers,
-        // body, trailers) waits on the caller's delayed ACK, 40 ms per unary call.
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            if let Ok(c) = &conn {
-                let _ = c.set_nodelay(true);
-            }
-            conn
-        });
         if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+            .serve_with_incoming_shutdown(ReceiverStream::new(grpc_conns), grpc_shutdown.cancelled_owned())
             .await
         {
             tracing::error!(error = %e, "gRPC server failed");
@@ -213,10 +257,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         None => {}
     }
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, "dispatch started");
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        metrics = ?metrics_addr,
+        tls = tls.is_some(),
+        mutual_tls = !config.tls.client_ca_file.is_empty(),
+        "dispatch started"
+    );
     Ok(Running {
         grpc_addr,
         http_addr,
+        metrics_addr,
         shutdown,
         tasks,
     })

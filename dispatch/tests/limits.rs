@@ -165,3 +165,205 @@ async fn list_replies_stay_within_their_byte_budget() {
     assert_eq!(seen, created);
     s.stop().await;
 }
+
+/// Reads from `conn` until the server closes it (Ok(bytes read)), or gives up after `within`.
+async fn read_until_closed(conn: &mut tokio::net::TcpStream, within: Duration) -> Result<Vec<u8>, &'static str> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return Err("still open"),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Pass: a request whose headers never finish is cut off after `http.header_timeout_ms`; a
+/// body that never finishes gets 408 after `http.body_timeout_ms`; a keep-alive connection
+/// with nothing in flight is closed after `http.idle_timeout_ms`, while an SSE watch that
+/// stays quiet longer than that is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_header_body_and_idle_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let s = Stack::start_with(|c| {
+        c.http.header_timeout_ms = 300;
+        c.http.body_timeout_ms = 300;
+        c.http.idle_timeout_ms = 600;
+        c.http.sse_keep_alive_ms = 60_000;
+    })
+    .await;
+
+    let mut slow_headers = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    slow_headers
+        .write_all(b"GET /api/queues HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    read_until_closed(&mut slow_headers, Duration::from_secs(10))
+        .await
+        .expect("unfinished headers: connection closed");
+
+    let mut slow_body = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    slow_body
+        .write_all(b"POST /api/job HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"queue\":")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+            match slow_body.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    let mut idle = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    idle.write_all(b"GET /api/queues HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut idle, Duration::from_secs(10))
+        .await
+        .expect("idle keep-alive connection closed");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "served before closing"
+    );
+
+    // A watch quiet for longer than the idle timeout stays open: a request is in flight.
+    let job = s
+        .create(serde_json::json!({"queue": "idle", "type": "noop"}))
+        .await
+        .job
+        .unwrap();
+    let mut watch = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    watch
+        .write_all(format!("GET /api/job/{}/events HTTP/1.1\r\nHost: x\r\n\r\n", job.id).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        read_until_closed(&mut watch, Duration::from_millis(2000)).await,
+        Err("still open"),
+        "a quiet watch stream must outlive the idle timeout"
+    );
+    s.stop().await;
+}
+
+/// Pass: with `limits.http_connections` = 2 and two connections open, a third is not served
+/// until one of them closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_are_capped() {
+    let s = Stack::start_with(|c| c.limits.http_connections = 2).await;
+    let url = format!("http://{}/api/queues", s.http);
+    let held: Vec<reqwest::Client> = (0..2)
+        .map(|_| reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap())
+        .collect();
+    for c in &held {
+        assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+    }
+    let third = reqwest::Client::builder()
+        .timeout(Duration::from_millis(700))
+        .build()
+        .unwrap();
+    assert!(third.get(&url).send().await.is_err(), "a third connection must wait");
+    drop(held);
+    eventually("a slot frees when a connection closes", T, || {
+        let url = url.clone();
+        async move {
+            let c = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .ok()?;
+            (c.get(&url).send().await.ok()?.status() == 200).then_some(())
+        }
+    })
+    .await;
+    s.stop().await;
+}
+
+/// Pass: with `limits.worker_calls` = 1, a second worker call while the first is held up
+/// (Redis paused for writes) waits `limits.worker_admission_wait_ms`, then gets
+/// RESOURCE_EXHAUSTED with a RetryInfo; once the first is done, calls are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_calls_are_admitted_up_to_the_limit() {
+    let s = Stack::start_with(|c| {
+        c.limits.worker_calls = 1;
+        c.limits.worker_admission_wait_ms = 200;
+    })
+    .await;
+    let a = s
+        .create(serde_json::json!({"queue": "adm", "type": "noop"}))
+        .await
+        .job
+        .unwrap();
+    let b = s
+        .create(serde_json::json!({"queue": "adm", "type": "noop"}))
+        .await
+        .job
+        .unwrap();
+    let claim = |id: &str| pb::ClaimJobRequest {
+        job_id: id.to_string(),
+        attempt: 1,
+        worker_id: "w".into(),
+        ..Default::default()
+    };
+    dispatch_testkit::redis_cli(s.redis_port, &["CLIENT", "PAUSE", "1500", "WRITE"]);
+    let mut w1 = s.workers_api().await;
+    let first = {
+        let req = claim(&a.id);
+        tokio::spawn(async move { w1.claim_job(req).await })
+    };
+    // The first call holds the only turn until Redis resumes.
+    let mut w2 = s.workers_api().await;
+    let refused = eventually("a second call is refused while the first holds the turn", T, || {
+        let (mut w2, req) = (w2.clone(), claim(&b.id));
+        async move {
+            w2.claim_job(req)
+                .await
+                .err()
+                .filter(|e| e.code() == Code::ResourceExhausted)
+        }
+    })
+    .await;
+    let wait = refused
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert!(wait > Duration::ZERO, "{wait:?}");
+    assert!(
+        refused.message().contains("limits.worker_calls"),
+        "{}",
+        refused.message()
+    );
+    first
+        .await
+        .unwrap()
+        .expect("the first call is served once Redis resumes");
+    w2.claim_job(claim(&b.id)).await.expect("served again afterwards");
+    s.stop().await;
+}
+
+/// Pass: with `http.metrics_addr`, `/metrics` answers there and no longer on the API port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_have_a_listener_of_their_own() {
+    let port = dispatch_testkit::free_port();
+    let s = Stack::start_with(move |c| c.http.metrics_addr = format!("127.0.0.1:{port}")).await;
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("dispatch_"), "{}", &text[..text.len().min(200)]);
+    let api = reqwest::get(format!("http://{}/metrics", s.http)).await.unwrap();
+    assert_eq!(api.status(), 404);
+    s.stop().await;
+}

@@ -59,6 +59,9 @@ pub struct WorkerConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// API key (a `worker` key) sent with every call, when dispatch has authentication on.
     pub token: Option<String>,
+    /// TLS to dispatch (an `https://` `dispatch_url`): the CA to trust and, for mutual TLS,
+    /// the client certificate. `None` with an `https://` URL trusts the system's roots.
+    pub tls: Option<dispatch_client::Tls>,
     /// Internal networks the built-in `http.fetch` may reach all the same (by default it
     /// refuses loopback, private, link-local and multicast addresses).
     pub fetch_allow: Vec<handlers::Net>,
@@ -76,6 +79,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("run_stream", &self.run_stream)
             .field("metrics_addr", &self.metrics_addr)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .field("fetch_allow", &self.fetch_allow)
             .finish()
     }
@@ -93,6 +97,7 @@ impl Default for WorkerConfig {
             run_stream: "DISPATCH_RUN".into(),
             metrics_addr: None,
             token: None,
+            tls: None,
             fetch_allow: Vec::new(),
         }
     }

@@ -36,6 +36,16 @@ struct Flags {
     /// authentication on). Prefer the environment variable: flags show in `ps`.
     #[arg(long, env = "DISPATCH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate(s), PEM, to trust for dispatch's TLS certificate (an https:// dispatch
+    /// URL); without it the system's roots are trusted.
+    #[arg(long, env = "DISPATCH_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for dispatch with mutual TLS; goes with --client-key.
+    #[arg(long, env = "DISPATCH_CLIENT_CERT", value_name = "FILE", requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, env = "DISPATCH_CLIENT_KEY", value_name = "FILE", requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
     /// Internal networks the built-in http.fetch may reach anyway, comma-separated
     /// (e.g. 10.1.0.0/16,127.0.0.1); by default it refuses loopback, private, link-local and
     /// multicast addresses.
@@ -61,10 +71,32 @@ fn parse_queues(s: &str) -> anyhow::Result<Vec<(String, usize)>> {
         .collect()
 }
 
+/// The TLS settings the flags ask for, or `None` (an https:// URL then trusts the system's
+/// roots).
+fn tls_of(flags: &Flags) -> anyhow::Result<Option<dispatch_client::Tls>> {
+    if flags.ca_cert.is_none() && flags.client_cert.is_none() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        flags.dispatch_url.starts_with("https://"),
+        "--ca-cert and --client-cert need an https:// --dispatch-url, got {}",
+        flags.dispatch_url
+    );
+    let mut tls = dispatch_client::Tls::new();
+    if let Some(ca) = &flags.ca_cert {
+        tls = tls.ca_file(ca)?;
+    }
+    if let (Some(cert), Some(key)) = (&flags.client_cert, &flags.client_key) {
+        tls = tls.identity_files(cert, key)?;
+    }
+    Ok(Some(tls))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let _telemetry = dispatch_telemetry::init("worker", flags.log_json).map_err(anyhow::Error::msg)?;
+    let tls = tls_of(&flags)?;
     let mut cfg = WorkerConfig {
         dispatch_url: flags.dispatch_url,
         nats_url: flags.nats_url,
@@ -73,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         drain_grace: Duration::from_secs(flags.drain_grace_s),
         metrics_addr: flags.metrics_addr,
         token: flags.token.filter(|t| !t.is_empty()),
+        tls,
         fetch_allow: flags.fetch_allow,
         ..Default::default()
     };

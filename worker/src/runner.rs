@@ -32,7 +32,11 @@ enum Outcome {
 
 pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Lazy: the worker starts (and waits on NATS) even while dispatch is still coming up.
-    let mut client = dispatch_client::Client::connect_lazy(cfg.dispatch_url.clone())?;
+    let mut client = match (&cfg.tls, cfg.dispatch_url.starts_with("https://")) {
+        (Some(tls), _) => dispatch_client::Client::connect_lazy_tls(cfg.dispatch_url.clone(), tls)?,
+        (None, true) => dispatch_client::Client::connect_lazy_tls(cfg.dispatch_url.clone(), &Default::default())?,
+        (None, false) => dispatch_client::Client::connect_lazy(cfg.dispatch_url.clone())?,
+    };
     if let Some(token) = &cfg.token {
         client = client
             .with_token(token)
@@ -544,7 +548,8 @@ impl JobRunner {
     }
 }
 
-/// Retries a report while dispatch is unreachable (about 30 s in all); other errors are final.
+/// Retries a report while dispatch is unreachable or at capacity (about 30 s in all); other
+/// errors are final.
 pub(crate) async fn with_retries<T, F, Fut>(mut f: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
@@ -556,8 +561,10 @@ where
         match f().await {
             Ok(v) => return Ok(v),
             Err(s)
-                if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded)
-                    && tokio::time::Instant::now() < deadline =>
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::ResourceExhausted
+                ) && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::json;
@@ -70,7 +70,100 @@ impl tonic::service::Interceptor for Token {
 /// The options of a job, for [`Client::create_with`]. Unset fields take dispatch's defaults.
 pub type JobOptions = pb::JobOptions;
 
+/// TLS settings of a connection to dispatch started with `--tls-cert` (docs/security.md).
+#[derive(Clone, Default)]
+pub struct Tls {
+    ca_pem: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    domain: Option<String>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client key is a secret: only say whether there is one.
+        f.debug_struct("Tls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Trusts the system's root certificates only.
+    pub fn new() -> Tls {
+        Tls::default()
+    }
+
+    /// Trusts the CA certificate(s) in `pem` (instead of the system's roots), e.g. the CA of
+    /// a private certificate.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Tls {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// [`Tls::ca_pem`] from a file.
+    pub fn ca_file(self, path: impl AsRef<std::path::Path>) -> std::io::Result<Tls> {
+        Ok(self.ca_pem(read_pem(path.as_ref())?))
+    }
+
+    /// Presents this client certificate and key (PEM) to a dispatch that asks for one
+    /// (mutual TLS, `--tls-client-ca`).
+    pub fn identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Tls {
+        self.identity = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// [`Tls::identity_pem`] from files.
+    pub fn identity_files(
+        self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> std::io::Result<Tls> {
+        Ok(self.identity_pem(read_pem(cert.as_ref())?, read_pem(key.as_ref())?))
+    }
+
+    /// Checks the server's certificate against this name instead of the URL's host.
+    pub fn domain(mut self, name: impl Into<String>) -> Tls {
+        self.domain = Some(name.into());
+        self
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut c = ClientTlsConfig::new();
+        c = match &self.ca_pem {
+            Some(pem) => c.ca_certificate(Certificate::from_pem(pem)),
+            None => c.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(d) = &self.domain {
+            c = c.domain_name(d.clone());
+        }
+        c
+    }
+}
+
+fn read_pem(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))
+}
+
 impl Client {
+    /// Connects now over TLS (an `https://` URL); fails when dispatch cannot be reached or
+    /// its certificate is not trusted.
+    pub async fn connect_tls(url: impl Into<String>, tls: &Tls) -> Result<Client, tonic::transport::Error> {
+        let channel = endpoint(url.into())?.tls_config(tls.config())?.connect().await?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// Like [`Client::connect_lazy`], over TLS.
+    pub fn connect_lazy_tls(url: impl Into<String>, tls: &Tls) -> Result<Client, tonic::transport::Error> {
+        Ok(Client::from_channel(
+            endpoint(url.into())?.tls_config(tls.config())?.connect_lazy(),
+        ))
+    }
+
     /// Connects now; fails when dispatch cannot be reached.
     pub async fn connect(url: impl Into<String>) -> Result<Client, tonic::transport::Error> {
         let channel = endpoint(url.into())?.connect().await?;

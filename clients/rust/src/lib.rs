@@ -22,7 +22,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 pub mod client;
 pub mod json;
 
-pub use client::{Client, Token, Transport, field_violations, is_terminal};
+pub use client::{Client, Tls, Token, Transport, field_violations, is_terminal};
 
 pub use pbjson_types;
 pub use tonic;

@@ -11,7 +11,6 @@
 pub mod error;
 pub mod transcode;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -91,25 +90,6 @@ pub fn metrics_router(metrics: crate::metrics::Metrics, store: crate::store::Sto
     )
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router, shutdown: CancellationToken) {
-    // TCP_NODELAY, so a response is never held back waiting on the caller's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    });
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
-}
-
-/// Binds the HTTP address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
-}
-
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
@@ -165,7 +145,8 @@ async fn handle(State(g): State<Gateway>, req: Request) -> Response {
     };
     let mut json = Map::new();
     if spec.body {
-        match read_json_body(&parts.headers, body, g.limits.max_body_bytes).await {
+        let deadline = Duration::from_millis(g.limits.body_timeout_ms);
+        match read_json_body(&parts.headers, body, g.limits.max_body_bytes, deadline).await {
             Ok(obj) => json = obj,
             Err(resp) => return resp,
         }
@@ -189,11 +170,12 @@ async fn handle(State(g): State<Gateway>, req: Request) -> Response {
 }
 
 /// The body as a JSON object: empty means `{}`; anything else must be `application/json`,
-/// within `limit` bytes, and an object.
+/// within `limit` bytes, arrived within `deadline`, and an object.
 async fn read_json_body(
     headers: &axum::http::HeaderMap,
     body: Body,
     limit: usize,
+    deadline: Duration,
 ) -> Result<Map<String, Value>, Response> {
     let too_large = || {
         error::with_status(
@@ -208,7 +190,19 @@ async fn read_json_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = match axum::body::to_bytes(body, limit).await {
+    let read = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(read) => read,
+        Err(_) => {
+            return Err(error::with_status(
+                &tonic::Status::deadline_exceeded(format!(
+                    "the request body did not arrive within {} ms",
+                    deadline.as_millis()
+                )),
+                StatusCode::REQUEST_TIMEOUT,
+            ));
+        }
+    };
+    let bytes = match read {
         Ok(b) => b,
         Err(e) => {
             // The only error besides an I/O one is the length limit.

@@ -27,6 +27,8 @@ pub struct Shared {
     pub hub: Hub,
     /// Admission control for job creation: one permit per job being created.
     pub admission: Arc<tokio::sync::Semaphore>,
+    /// Admission control for the worker RPCs: one permit per call being handled.
+    pub worker_admission: Arc<tokio::sync::Semaphore>,
     pub metrics: Metrics,
     /// The API keys when authentication is on.
     pub keys: Option<crate::auth::Keys>,
@@ -53,6 +55,30 @@ impl Shared {
 }
 
 impl Shared {
+    /// A turn for one worker call: waits up to `limits.worker_admission_wait_ms` for one of
+    /// `limits.worker_calls`, else RESOURCE_EXHAUSTED with RetryInfo (the worker backs off;
+    /// a flood of reports cannot starve the API or run Redis out of memory).
+    async fn worker_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, tonic::Status> {
+        let wait = std::time::Duration::from_millis(self.config.limits.worker_admission_wait_ms);
+        match tokio::time::timeout(wait, self.worker_admission.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                self.metrics.rejected.with_label_values(&["overload"]).inc();
+                let mut details = tonic_types::ErrorDetails::new();
+                details.set_retry_info(Some(wait));
+                Err(<tonic::Status as tonic_types::StatusExt>::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    format!(
+                        "dispatch is at capacity ({} worker calls at once, limits.worker_calls); retry in {} ms",
+                        self.config.limits.worker_calls,
+                        wait.as_millis()
+                    ),
+                    details,
+                ))
+            }
+        }
+    }
+
     /// RESOURCE_EXHAUSTED (with RetryInfo) when `who` may not create `n` more jobs now.
     fn check_rate(&self, who: Option<&crate::auth::Identity>, n: usize) -> Result<(), tonic::Status> {
         match (who, self.create_rate.take(who, n, std::time::Instant::now())) {

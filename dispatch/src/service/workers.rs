@@ -107,6 +107,7 @@ impl WorkerService for WorkerApi {
     async fn claim_job(&self, req: Request<pb::ClaimJobRequest>) -> Result<Response<pb::ClaimJobResponse>, Status> {
         let span = super::rpc_span("dispatch.v1.WorkerService/ClaimJob", req.metadata());
         async move {
+            let _turn = self.0.worker_turn().await?;
             let r = req.get_ref();
             let mut errs = FieldErrors::default();
             let lease_ms = self.check_claim(&mut errs, "", r);
@@ -133,6 +134,7 @@ impl WorkerService for WorkerApi {
     async fn claim_jobs(&self, req: Request<pb::ClaimJobsRequest>) -> Result<Response<pb::ClaimJobsResponse>, Status> {
         let span = super::rpc_span("dispatch.v1.WorkerService/ClaimJobs", req.metadata());
         async move {
+            let _turn = self.0.worker_turn().await?;
             let reqs = &req.get_ref().claims;
             let mut errs = FieldErrors::default();
             check_batch(&mut errs, "claims", reqs.len());
@@ -192,6 +194,7 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<pb::CompleteJobsResponse>, Status> {
         let span = super::rpc_span("dispatch.v1.WorkerService/CompleteJobs", req.metadata());
         async move {
+            let _turn = self.0.worker_turn().await?;
             let reqs = &req.get_ref().completions;
             let mut errs = FieldErrors::default();
             check_batch(&mut errs, "completions", reqs.len());
@@ -292,6 +295,7 @@ impl WorkerService for WorkerApi {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let span = super::rpc_span("dispatch.v1.WorkerService/Heartbeat", req.metadata());
         async move {
+            let _turn = self.0.worker_turn().await?;
             let r = req.get_ref();
             let mut errs = FieldErrors::default();
             validate::job_id(&mut errs, "job_id", &r.job_id);
@@ -325,6 +329,7 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<pb::CompleteJobResponse>, Status> {
         let span = super::rpc_span("dispatch.v1.WorkerService/CompleteJob", req.metadata());
         async move {
+            let _turn = self.0.worker_turn().await?;
             let r = req.get_ref();
             let mut errs = FieldErrors::default();
             let result = self.check_complete(&mut errs, "", r);
@@ -351,6 +356,7 @@ impl WorkerService for WorkerApi {
     async fn fail_job(&self, req: Request<pb::FailJobRequest>) -> Result<Response<pb::FailJobResponse>, Status> {
         let span = super::rpc_span("dispatch.v1.WorkerService/FailJob", req.metadata());
         async move {
+            let _turn = self.0.worker_turn().await?;
             let r = req.get_ref();
             let mut errs = FieldErrors::default();
             validate::job_id(&mut errs, "job_id", &r.job_id);

@@ -548,6 +548,7 @@ impl Stack {
             run_stream: self.config.streams.run_stream.clone(),
             metrics_addr: None,
             token: None,
+            tls: None,
             // Tests serve http.fetch targets on loopback.
             fetch_allow: vec!["127.0.0.0/8".parse().unwrap()],
         }
