@@ -545,3 +545,30 @@ async fn relay_consumers_of_a_gone_dispatch_are_removed() {
     s.wait_state(&job.id, JobState::Succeeded, T).await;
     s.stop().await;
 }
+
+/// Pass: after Redis forgets every script (`SCRIPT FLUSH`, as after a restart or a failover
+/// to a replica that never loaded them), creating, claiming and completing still work: each
+/// call that meets NOSCRIPT loads its script and runs again, with the same arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_survive_redis_forgetting_the_scripts() {
+    let mut s = Stack::start().await;
+    redis_cli(s.redis_port, &["SCRIPT", "FLUSH"]);
+    let created = s
+        .create(json!({"queue": "noscript", "type": "noop", "payload": {"n": 1}, "options": {"idempotencyKey": "k1"}}))
+        .await
+        .job
+        .unwrap();
+    assert_eq!(created.state(), JobState::Queued);
+    // The same key again: the reloaded script saw the first call's key.
+    let again = s
+        .create(json!({"queue": "noscript", "type": "noop", "options": {"idempotencyKey": "k1"}}))
+        .await
+        .job
+        .unwrap();
+    assert_eq!(again.id, created.id);
+    redis_cli(s.redis_port, &["SCRIPT", "FLUSH"]);
+    s.spawn_builtin_worker(&[("noscript", 2)]);
+    let done = s.wait_state(&created.id, JobState::Succeeded, T).await;
+    assert_eq!(done.attempt, 1);
+    s.stop().await;
+}
