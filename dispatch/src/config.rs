@@ -668,6 +668,25 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_http_settings_are_checked() {
+        let load = |kv: &[(&str, &str)]| {
+            let o: Vec<(String, String)> = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Config::load(None, Vec::new(), &o).map_err(|e| e.to_string())
+        };
+        let err = load(&[("tls.cert_file", "/c.pem")]).unwrap_err();
+        assert!(err.contains("tls.key_file"), "{err}");
+        let err = load(&[("tls.client_ca_file", "/ca.pem")]).unwrap_err();
+        assert!(err.contains("tls.client_ca_file needs"), "{err}");
+        assert!(load(&[("tls.cert_file", "/c.pem"), ("tls.key_file", "/k.pem")]).is_ok());
+        let err = load(&[("http.metrics_addr", "nine-thousand")]).unwrap_err();
+        assert!(err.contains("http.metrics_addr"), "{err}");
+        let err = load(&[("http.idle_timeout_ms", "0")]).unwrap_err();
+        assert!(err.contains("idle_timeout_ms"), "{err}");
+        let err = load(&[("limits.worker_calls", "0")]).unwrap_err();
+        assert!(err.contains("worker_calls"), "{err}");
+    }
+
+    #[test]
     fn sample_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dispatch.sample.toml");
         let c = Config::load(Some(&path), Vec::new(), &[]).unwrap();
