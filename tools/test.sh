@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then format, lint, proto lint and breaking-change
 # check, the drift check of the generated clients, every Rust test (unit and integration on real
-# redis-server and nats-server; lifecycle and protocol again on a Redis Cluster), a short
+# redis-server and nats-server; lifecycle and protocol again on a Redis Cluster, and against
+# Redis and NATS that demand passwords and TLS), a short
 # loadcheck on one Redis and on a cluster, a smoke run of the benchmark, and on one
 # `make run` stack: the smoke test (grpcurl, the docs' curl examples, schemathesis) and the
 # Python, TypeScript and Go clients' tests.
@@ -17,6 +18,8 @@ echo "== cargo test"; cargo build --bins  # the chaos tests run the worker binar
 cargo test --workspace
 echo "== lifecycle and protocol suites on a 3-master Redis Cluster"
 DISPATCH_TEST_REDIS=cluster cargo test -p dispatch --test lifecycle --test protocol
+echo "== lifecycle and protocol suites against Redis over TLS with an ACL user and NATS over TLS with a user and password"
+DISPATCH_TEST_SECURE=1 cargo test -p dispatch --test lifecycle --test protocol
 echo "== loadcheck (short: 1000 jobs, a worker killed every second, NATS restarted every 3 s)"
 ./target/debug/loadcheck --jobs 1000 --kill-every-ms 1000 --nats-restart-every-ms 3000
 echo "== loadcheck on a 3-master Redis Cluster (1000 jobs, a worker killed every second)"

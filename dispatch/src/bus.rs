@@ -20,14 +20,41 @@ pub const KIND_HEADER: &str = "Dispatch-Kind";
 /// Header carrying the schema version of the protobuf body.
 pub const VERSION_HEADER: &str = "Dispatch-Version";
 
-/// Connects to NATS, retrying forever in the background after the first connection.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+/// Connects to NATS with `auth`'s credentials and TLS (or the URL's credentials), retrying
+/// forever in the background after the first connection. Errors never hold a secret.
+pub async fn connect(
+    url: &str,
+    auth: &dispatch_client::nats::NatsAuth,
+    name: &str,
+) -> Result<async_nats::Client, String> {
+    use async_nats::ConnectErrorKind as Kind;
+    // One plain attempt first: a refused login or a failed TLS handshake is final and said at
+    // once; anything else (not up yet, unreachable) is retried in the background.
+    let (opts, servers) = dispatch_client::nats::connect_options(url, auth).await?;
+    match opts
         .name(name)
+        .connection_timeout(Duration::from_secs(2))
+        .connect(servers.as_str())
+        .await
+    {
+        Ok(client) => return Ok(client),
+        Err(e)
+            if matches!(
+                e.kind(),
+                Kind::Authentication | Kind::AuthorizationViolation | Kind::Tls
+            ) =>
+        {
+            return Err(format!("NATS refused the connection: {e}"));
+        }
+        Err(_) => {}
+    }
+    let (opts, servers) = dispatch_client::nats::connect_options(url, auth).await?;
+    opts.name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
-        .connect(url)
+        .connect(servers.as_str())
         .await
+        .map_err(|e| e.to_string())
 }
 
 /// Creates the two streams when missing (file storage).

@@ -26,8 +26,11 @@ pub struct Config {
     pub redis: Redis,
     /// How long finished jobs are kept.
     pub retention: Retention,
-    /// NATS server with JetStream enabled, e.g. `nats://127.0.0.1:4222`.
+    /// NATS server with JetStream enabled, e.g. `nats://127.0.0.1:4222` (several,
+    /// comma-separated; `nats://user:password@host:4222` and `tls://host:4222` work too).
     pub nats_url: String,
+    /// NATS credentials and TLS (each secret also from a file).
+    pub nats: dispatch_client::nats::NatsAuth,
     /// Defaults and limits for jobs.
     pub jobs: JobDefaults,
     /// Background loops: scheduler, lease reaper, sweeper, outbox relay.
@@ -131,19 +134,54 @@ pub struct Auth {
     pub insecure: bool,
 }
 
-/// Store layout.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Store layout, and the Redis connection's credentials and TLS.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Redis {
     /// Partitions the records are spread over (1 to 1024), each in one Redis Cluster slot.
     /// Fixed for the life of the data: dispatch refuses to start on a Redis that holds another
     /// count.
     pub partitions: u16,
+    /// ACL user (instead of the URL's).
+    pub username: String,
+    /// Password (instead of the URL's). Prefer `password_file`, or the environment
+    /// (`DISPATCH_REDIS__PASSWORD`).
+    pub password: String,
+    /// File whose first line is the password.
+    pub password_file: String,
+    /// CA certificates (PEM) to trust for a `rediss://` URL; empty: the system's roots.
+    pub tls_ca_file: String,
+    /// Client certificate (PEM), for a Redis with `tls-auth-clients yes`; with `tls_key_file`.
+    pub tls_cert_file: String,
+    /// Private key (PEM) of `tls_cert_file`.
+    pub tls_key_file: String,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("partitions", &self.partitions)
+            .field("username", &self.username)
+            .field("password", &if self.password.is_empty() { "" } else { "<redacted>" })
+            .field("password_file", &self.password_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .finish()
+    }
 }
 
 impl Default for Redis {
     fn default() -> Self {
-        Self { partitions: 16 }
+        Self {
+            partitions: 16,
+            username: String::new(),
+            password: String::new(),
+            password_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+        }
     }
 }
 
@@ -294,6 +332,7 @@ impl Default for Config {
             redis: Redis::default(),
             retention: Retention::default(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats: Default::default(),
             jobs: JobDefaults::default(),
             loops: Loops::default(),
             streams: Streams::default(),
@@ -452,14 +491,36 @@ impl Config {
         if self.loops.relay_batch == 0 {
             return bad("loops.relay_batch must be positive");
         }
-        if !["redis://", "redis-cluster://", "redis-sentinel://"]
-            .iter()
-            .any(|s| self.redis_url.starts_with(s))
+        if ![
+            "redis://",
+            "redis-cluster://",
+            "redis-sentinel://",
+            "rediss://",
+            "rediss-cluster://",
+            "rediss-sentinel://",
+        ]
+        .iter()
+        .any(|s| self.redis_url.starts_with(s))
         {
             return bad(
-                "redis_url must start with redis:// (one node), redis-cluster:// or redis-sentinel:// \
-                 (TLS, rediss://, is not supported by this build)",
+                "redis_url must start with redis:// (one node), redis-cluster:// or redis-sentinel://, \
+                 or rediss:// (and rediss-cluster://, rediss-sentinel://) for TLS",
             );
+        }
+        let r = &self.redis;
+        let redis_tls = self.redis_url.starts_with("rediss");
+        let redis_tls_files = !r.tls_ca_file.is_empty() || !r.tls_cert_file.is_empty();
+        if !redis_tls && redis_tls_files {
+            return bad("redis.tls_ca_file and redis.tls_cert_file need a rediss:// redis_url");
+        }
+        if r.tls_cert_file.is_empty() != r.tls_key_file.is_empty() {
+            return bad("redis.tls_cert_file and redis.tls_key_file go together");
+        }
+        if !r.password.is_empty() && !r.password_file.is_empty() {
+            return bad("give redis.password or redis.password_file, not both");
+        }
+        if let Err(e) = self.nats.validate() {
+            return bad(&e);
         }
         if self.redis.partitions == 0 || self.redis.partitions > 1024 {
             return bad("redis.partitions must be 1 to 1024");
@@ -500,6 +561,10 @@ impl Config {
         let mut shown = self.clone();
         shown.redis_url = redact_url(&self.redis_url);
         shown.nats_url = redact_url(&self.nats_url);
+        if !shown.redis.password.is_empty() {
+            shown.redis.password = "***".into();
+        }
+        shown.nats = self.nats.redacted();
         toml::to_string_pretty(&shown).unwrap_or_default()
     }
 }
@@ -508,6 +573,10 @@ impl Config {
 /// lone `token@`), and query parameters whose name mentions a pass(word) or token. For logs,
 /// errors and printed configuration.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        // A server list (NATS): each URL on its own.
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -641,12 +710,19 @@ mod tests {
                 "redis-sentinel://s:26379/0?sentinelServiceName=m&sentinelPassword=***",
             ),
             ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "nats://a:s3cret@h1:4222,nats://b:s3cret@h2:4222",
+                "nats://a:***@h1:4222,nats://b:***@h2:4222",
+            ),
         ] {
             assert_eq!(redact_url(url), shown);
         }
         let flags = vec![
             ("redis_url".to_string(), "redis://u:s3cret@127.0.0.1:1".to_string()),
             ("nats_url".to_string(), "nats://me:s3cret@127.0.0.1:2".to_string()),
+            ("redis.password".to_string(), "s3cret".to_string()),
+            ("nats.user".to_string(), "me".to_string()),
+            ("nats.password".to_string(), "s3cret".to_string()),
         ];
         let printed = Config::load(None, Vec::new(), &flags).unwrap().to_toml();
         assert!(!printed.contains("s3cret"), "{printed}");

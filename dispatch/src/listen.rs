@@ -67,6 +67,42 @@ pub fn tls_acceptor(cfg: &config::Tls) -> anyhow::Result<Option<TlsAcceptor>> {
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }
 
+/// A TLS client configuration trusting the CA certificates in `ca_file` (the system's roots
+/// when empty) and presenting `cert_file`/`key_file` when given. For dispatch's own links
+/// (Redis).
+pub fn client_tls(ca_file: &str, cert_file: &str, key_file: &str) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    if ca_file.is_empty() {
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            // A system certificate rustls cannot use is skipped, as the TLS libraries do.
+            let _ = roots.add(cert);
+        }
+    } else {
+        for cert in CertificateDer::pem_file_iter(ca_file).with_context(|| format!("reading the CA file {ca_file}"))? {
+            roots
+                .add(cert.with_context(|| format!("reading the CA file {ca_file}"))?)
+                .with_context(|| format!("a certificate in {ca_file}"))?;
+        }
+        anyhow::ensure!(!roots.is_empty(), "no certificate in {ca_file}");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots);
+    if cert_file.is_empty() {
+        return Ok(builder.with_no_client_auth());
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|c| c.collect())
+        .with_context(|| format!("reading the certificate file {cert_file}"))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).with_context(|| format!("reading the key file {key_file}"))?;
+    builder
+        .with_client_auth_cert(certs, key)
+        .with_context(|| format!("the key in {key_file} does not match {cert_file}"))
+}
+
 /// One accepted connection: plain TCP or TLS, holding its slot of the listener's cap until
 /// it is dropped, and recording when it last moved a byte (for the HTTP idle timeout).
 pub struct Conn {

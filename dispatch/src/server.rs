@@ -67,12 +67,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             )));
         }
     };
-    let hub = watch::Hub::start(&config.redis_url, store.layout())
+    let hub = watch::Hub::start(&config.redis_url, &config.redis, store.layout())
         .await
         .context("subscribing to the watch channel")?;
     let nats = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        bus::connect(&config.nats_url, "dispatch"),
+        bus::connect(&config.nats_url, &config.nats, "dispatch"),
     )
     .await
     .map_err(|_| {
@@ -81,7 +81,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             crate::config::redact_url(&config.nats_url)
         )
     })?
-    .with_context(|| format!("connecting to NATS at {}", crate::config::redact_url(&config.nats_url)))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "connecting to NATS at {}: {e}",
+            crate::config::redact_url(&config.nats_url)
+        )
+    })?;
     let js = async_nats::jetstream::new(nats);
     // JetStream may still be starting (or recovering its store) when its port opens: retry.
     let streams_deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);

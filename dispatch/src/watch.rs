@@ -47,8 +47,12 @@ impl Drop for Watch {
 
 impl Hub {
     /// Connects the subscriber (it resubscribes the watched channels after a reconnect).
-    pub async fn start(redis_url: &str, layout: Layout) -> Result<Hub, fred::error::Error> {
-        let config = fred::types::config::Config::from_url(redis_url)?;
+    pub async fn start(
+        redis_url: &str,
+        link: &crate::config::Redis,
+        layout: Layout,
+    ) -> Result<Hub, fred::error::Error> {
+        let config = crate::store::redis_config(redis_url, link)?;
         let client = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build_subscriber_client()?;

@@ -190,7 +190,7 @@ async fn redis_returns_to_its_size_after_jobs_expire() {
         c.retention.succeeded_ms = 500;
     })
     .await;
-    let redis = dispatch::store::redis_client(&s.config.redis_url).unwrap();
+    let redis = dispatch::store::redis_client(&s.config.redis_url, &s.config.redis).unwrap();
     redis.init().await.unwrap();
     let (keys_empty, _) = redis_size(&redis).await;
     s.spawn_builtin_worker(&[("bulk", 200)]);
@@ -292,7 +292,7 @@ async fn data_of_another_layout_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let legacy = common::start_servers_on(dir.path(), false, Topology::Single);
     let url = legacy.redis_url.clone();
-    let c = dispatch::store::redis_client(&url).unwrap();
+    let c = dispatch::store::redis_client(&url, &Default::default()).unwrap();
     c.init().await.unwrap();
     let _: () = c.sadd("dispatch:queues", "default").await.unwrap();
     let err = dispatch::store::Store::connect(&url, Default::default())

@@ -6,59 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dispatch_client::{Client, Tls, pb};
-use dispatch_testkit::{Stack, eventually};
+use dispatch_testkit::{Pki, Stack, eventually, test_pki as pki};
 
 const T: Duration = Duration::from_secs(30);
-
-/// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate, as PEM
-/// files in `dir`.
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-    /// A second CA that signed nothing here.
-    other_ca: PathBuf,
-}
-
-fn pki(dir: &Path) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_params = |name: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        p
-    };
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params("dispatch test CA").self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params("dispatch test CA"), &ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let mut client_params = CertificateParams::new(vec!["worker-1".to_string()]).unwrap();
-    client_params.distinguished_name.push(DnType::CommonName, "worker-1");
-    let client = client_params.signed_by(&client_key, &issuer).unwrap();
-    let other_key = KeyPair::generate().unwrap();
-    let other = ca_params("another CA").self_signed(&other_key).unwrap();
-    Pki {
-        ca: write("ca.pem", ca_cert.pem()),
-        cert: write("server.pem", server.pem()),
-        key: write("server.key", server_key.serialize_pem()),
-        client_cert: write("client.pem", client.pem()),
-        client_key: write("client.key", client_key.serialize_pem()),
-        other_ca: write("other-ca.pem", other.pem()),
-    }
-}
 
 async fn tls_stack(pki: &Pki, mutual: bool) -> Stack {
     let (cert, key, ca) = (pki.cert.clone(), pki.key.clone(), pki.ca.clone());

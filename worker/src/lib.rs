@@ -43,8 +43,11 @@ pub use dispatch_client::pb;
 pub struct WorkerConfig {
     /// gRPC endpoint of dispatch, e.g. `http://127.0.0.1:50051`.
     pub dispatch_url: String,
-    /// NATS server, e.g. `nats://127.0.0.1:4222`.
+    /// NATS server, e.g. `nats://127.0.0.1:4222` (`nats://user:password@host:4222` and
+    /// `tls://host:4222` work too).
     pub nats_url: String,
+    /// NATS credentials and TLS (each secret also from a file).
+    pub nats: dispatch_client::nats::NatsAuth,
     /// This worker's id, recorded on every claim.
     pub worker_id: String,
     /// Queues to take jobs from, each with its concurrency.
@@ -71,7 +74,8 @@ impl std::fmt::Debug for WorkerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerConfig")
             .field("dispatch_url", &self.dispatch_url)
-            .field("nats_url", &self.nats_url)
+            .field("nats_url", &redact_userinfo(&self.nats_url))
+            .field("nats", &self.nats)
             .field("worker_id", &self.worker_id)
             .field("queues", &self.queues)
             .field("lease", &self.lease)
@@ -85,11 +89,28 @@ impl std::fmt::Debug for WorkerConfig {
     }
 }
 
+/// `url` with any `user:password@` or `token@` part of each server replaced by `***@`.
+fn redact_userinfo(url: &str) -> String {
+    let (servers, creds) = dispatch_client::nats::split_credentials(url);
+    match creds {
+        None => url.to_string(),
+        Some(_) => servers
+            .split(',')
+            .map(|u| match u.split_once("://") {
+                Some((scheme, rest)) => format!("{scheme}://***@{rest}"),
+                None => u.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             dispatch_url: "http://127.0.0.1:50051".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats: Default::default(),
             worker_id: format!("worker-{}", std::process::id()),
             queues: vec![("default".into(), 4)],
             lease: Duration::from_secs(30),

@@ -46,6 +46,46 @@ struct Flags {
     /// Private key (PEM) of --client-cert.
     #[arg(long, env = "DISPATCH_CLIENT_KEY", value_name = "FILE", requires = "client_cert")]
     client_key: Option<std::path::PathBuf>,
+    /// NATS user (with DISPATCH_NATS_PASSWORD or --nats-password-file).
+    #[arg(long, env = "DISPATCH_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password; only from the environment, so it stays out of `ps`.
+    #[arg(skip = std::env::var("DISPATCH_NATS_PASSWORD").unwrap_or_default())]
+    nats_password: String,
+    /// File whose first line is the NATS password.
+    #[arg(long, env = "DISPATCH_NATS_PASSWORD_FILE", value_name = "FILE")]
+    nats_password_file: Option<String>,
+    /// NATS token; only from the environment (DISPATCH_NATS_TOKEN).
+    #[arg(skip = std::env::var("DISPATCH_NATS_TOKEN").unwrap_or_default())]
+    nats_token: String,
+    /// File whose first line is the NATS token.
+    #[arg(long, env = "DISPATCH_NATS_TOKEN_FILE", value_name = "FILE")]
+    nats_token_file: Option<String>,
+    /// File whose first line is an NATS nkey seed.
+    #[arg(long, env = "DISPATCH_NATS_NKEY_SEED_FILE", value_name = "FILE")]
+    nats_nkey_seed_file: Option<String>,
+    /// NATS .creds file (user JWT and seed).
+    #[arg(long, env = "DISPATCH_NATS_CREDS", value_name = "FILE")]
+    nats_creds: Option<String>,
+    /// CA certificates (PEM) for the NATS server's TLS certificate.
+    #[arg(long, env = "DISPATCH_NATS_CA_CERT", value_name = "FILE")]
+    nats_ca_cert: Option<String>,
+    /// Client certificate (PEM) for a NATS server that verifies clients.
+    #[arg(
+        long,
+        env = "DISPATCH_NATS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "nats_client_key"
+    )]
+    nats_client_cert: Option<String>,
+    /// Private key (PEM) of --nats-client-cert.
+    #[arg(
+        long,
+        env = "DISPATCH_NATS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "nats_client_cert"
+    )]
+    nats_client_key: Option<String>,
     /// Internal networks the built-in http.fetch may reach anyway, comma-separated
     /// (e.g. 10.1.0.0/16,127.0.0.1); by default it refuses loopback, private, link-local and
     /// multicast addresses.
@@ -97,6 +137,20 @@ async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let _telemetry = dispatch_telemetry::init("worker", flags.log_json).map_err(anyhow::Error::msg)?;
     let tls = tls_of(&flags)?;
+    let nats = dispatch_client::nats::NatsAuth {
+        user: flags.nats_user.clone().unwrap_or_default(),
+        password: flags.nats_password.clone(),
+        password_file: flags.nats_password_file.clone().unwrap_or_default(),
+        token: flags.nats_token.clone(),
+        token_file: flags.nats_token_file.clone().unwrap_or_default(),
+        nkey_seed_file: flags.nats_nkey_seed_file.clone().unwrap_or_default(),
+        creds_file: flags.nats_creds.clone().unwrap_or_default(),
+        tls_ca_file: flags.nats_ca_cert.clone().unwrap_or_default(),
+        tls_cert_file: flags.nats_client_cert.clone().unwrap_or_default(),
+        tls_key_file: flags.nats_client_key.clone().unwrap_or_default(),
+        tls_required: false,
+    };
+    nats.validate().map_err(anyhow::Error::msg)?;
     let mut cfg = WorkerConfig {
         dispatch_url: flags.dispatch_url,
         nats_url: flags.nats_url,
@@ -106,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
         metrics_addr: flags.metrics_addr,
         token: flags.token.filter(|t| !t.is_empty()),
         tls,
+        nats,
         fetch_allow: flags.fetch_allow,
         ..Default::default()
     };

@@ -43,10 +43,13 @@ pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: Cancell
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     }
     let client = client.workers();
-    let nats = async_nats::ConnectOptions::new()
+    let (nats_opts, nats_servers) = dispatch_client::nats::connect_options(&cfg.nats_url, &cfg.nats)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let nats = nats_opts
         .name(&cfg.worker_id)
         .retry_on_initial_connect()
-        .connect(&cfg.nats_url)
+        .connect(nats_servers.as_str())
         .await?;
     let js = jetstream::new(nats);
     // dispatch creates the stream; wait for it.

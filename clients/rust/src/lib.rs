@@ -21,6 +21,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 pub mod client;
 pub mod json;
+#[cfg(feature = "nats")]
+pub mod nats;
 
 pub use client::{Client, Tls, Token, Transport, field_violations, is_terminal};
 

@@ -104,12 +104,14 @@ impl Scripts {
     }
 }
 
-/// How the store is laid out and how long finished jobs are kept.
+/// How the store is laid out, how long finished jobs are kept, and how to log in to Redis.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Partitions (1 to 1024); fixed for the life of the data in a Redis.
     pub partitions: u16,
     pub retention: Retention,
+    /// Credentials and TLS of the connection (`partitions` there is not read).
+    pub link: crate::config::Redis,
 }
 
 impl From<&crate::Config> for Options {
@@ -117,6 +119,7 @@ impl From<&crate::Config> for Options {
         Options {
             partitions: c.redis.partitions,
             retention: c.retention.clone(),
+            link: c.redis.clone(),
         }
     }
 }
@@ -126,6 +129,7 @@ impl Default for Options {
         Options {
             partitions: 16,
             retention: Retention::default(),
+            link: crate::config::Redis::default(),
         }
     }
 }
@@ -160,9 +164,8 @@ fn cmd(name: &'static str) -> CustomCommand {
 /// Builds a fred client that reconnects forever and fails commands fast while Redis is away.
 /// `url`: `redis://` (one node), `redis-cluster://HOST:PORT` (one seed is enough),
 /// `redis-sentinel://HOST:PORT/DB?sentinelServiceName=NAME`.
-pub fn redis_client(url: &str) -> Result<Client, fred::error::Error> {
-    let config = fred::types::config::Config::from_url(url)?;
-    Builder::from_config(config)
+pub fn redis_client(url: &str, link: &crate::config::Redis) -> Result<Client, fred::error::Error> {
+    Builder::from_config(redis_config(url, link)?)
         .with_performance_config(|p| {
             p.default_command_timeout = Duration::from_secs(5);
         })
@@ -176,11 +179,40 @@ pub fn redis_client(url: &str) -> Result<Client, fred::error::Error> {
         .build()
 }
 
+/// The connection settings of `url` with the credentials and TLS of `link`: its user and
+/// password (or password file) replace the URL's; with a `rediss` URL, its CA replaces the
+/// system's roots and its certificate is presented. Errors name files, never a secret.
+pub fn redis_config(url: &str, link: &crate::config::Redis) -> Result<fred::types::config::Config, fred::error::Error> {
+    use fred::error::{Error as RedisError, ErrorKind};
+    let bad = |m: String| RedisError::new(ErrorKind::Config, m);
+    let mut config = fred::types::config::Config::from_url(url)?;
+    if !link.username.is_empty() {
+        config.username = Some(link.username.clone());
+    }
+    if !link.password.is_empty() {
+        config.password = Some(link.password.clone());
+    } else if !link.password_file.is_empty() {
+        let text = std::fs::read_to_string(&link.password_file)
+            .map_err(|e| bad(format!("reading the Redis password file {}: {e}", link.password_file)))?;
+        let password = text.lines().next().unwrap_or("").trim().to_string();
+        if password.is_empty() {
+            return Err(bad(format!("the Redis password file {} is empty", link.password_file)));
+        }
+        config.password = Some(password);
+    }
+    if config.tls.is_some() && !(link.tls_ca_file.is_empty() && link.tls_cert_file.is_empty()) {
+        let tls = crate::listen::client_tls(&link.tls_ca_file, &link.tls_cert_file, &link.tls_key_file)
+            .map_err(|e| bad(format!("Redis TLS: {e:#}")))?;
+        config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+    }
+    Ok(config)
+}
+
 impl Store {
     /// Connects to Redis, checks (or records) the layout, loads the scripts and creates the
     /// outbox consumer groups.
     pub async fn connect(url: &str, options: Options) -> Result<Store, Error> {
-        let client = redis_client(url)?;
+        let client = redis_client(url, &options.link)?;
         client.init().await?;
         let scripts = Scripts::new();
         for s in scripts.all() {

@@ -280,7 +280,90 @@ pub struct Servers {
     pub nats: Proc,
     pub redis_port: u16,
     pub nats_port: u16,
+    /// Credentials and TLS of both servers when started with [`Secure::On`].
+    pub links: Option<Links>,
 }
+
+/// Whether the harness starts Redis and NATS with passwords and TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secure {
+    Off,
+    /// Redis: TLS only (no plain port), an ACL user with a password, the default user off.
+    /// NATS: TLS only, a user with a password. Both certificates from a CA of the test's own.
+    On,
+}
+
+impl Secure {
+    /// `DISPATCH_TEST_SECURE=1` runs a suite against secured servers.
+    pub fn from_env() -> Secure {
+        match std::env::var("DISPATCH_TEST_SECURE").as_deref() {
+            Ok("1") => Secure::On,
+            _ => Secure::Off,
+        }
+    }
+}
+
+/// How dispatch logs in to the secured servers: what goes into its configuration.
+#[derive(Debug, Clone)]
+pub struct Links {
+    pub redis: dispatch::config::Redis,
+    pub nats: dispatch_client::nats::NatsAuth,
+    pub pki: Pki,
+}
+
+/// A CA, a server certificate for 127.0.0.1 and localhost, a client certificate, and a second
+/// CA that signed nothing, as PEM files.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+/// Writes a fresh [`Pki`] into `dir`.
+pub fn test_pki(dir: &std::path::Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_params = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p
+    };
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params("dispatch test CA").self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params("dispatch test CA"), &ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(vec!["worker-1".to_string()]).unwrap();
+    client_params.distinguished_name.push(DnType::CommonName, "worker-1");
+    let client = client_params.signed_by(&client_key, &issuer).unwrap();
+    let other_key = KeyPair::generate().unwrap();
+    let other = ca_params("another CA").self_signed(&other_key).unwrap();
+    Pki {
+        ca: write("ca.pem", ca_cert.pem()),
+        cert: write("server.pem", server.pem()),
+        key: write("server.key", server_key.serialize_pem()),
+        client_cert: write("client.pem", client.pem()),
+        client_key: write("client.key", client_key.serialize_pem()),
+        other_ca: write("other-ca.pem", other.pem()),
+    }
+}
+
+/// Password of the secured servers' users (written to files; dispatch reads the files).
+const SECURE_PASSWORD: &str = "p4ss-w0rd-for-tests";
 
 /// Starts Redis (AOF on when `aof`; one node, or a cluster when `DISPATCH_TEST_REDIS=cluster`)
 /// and NATS with their data and logs under `dir`, and waits until both are ready.
@@ -290,6 +373,9 @@ pub fn start_servers(dir: &std::path::Path, aof: bool) -> Servers {
 
 /// Like [`start_servers`] with an explicit Redis topology.
 pub fn start_servers_on(dir: &std::path::Path, aof: bool, topology: Topology) -> Servers {
+    if Secure::from_env() == Secure::On && topology == Topology::Single {
+        return start_secure_servers(dir, aof);
+    }
     let nats_port = free_port();
     let mut nats = spawn_nats(dir, nats_port);
     let (mut procs, ports, redis_url) = match topology {
@@ -320,6 +406,85 @@ pub fn start_servers_on(dir: &std::path::Path, aof: bool, topology: Topology) ->
         redis_url,
         nats,
         nats_port,
+        links: None,
+    }
+}
+
+/// Redis over TLS with an ACL user and password (no plain port, the default user off) and
+/// NATS over TLS with a user and password, certificates from a fresh CA under `dir`.
+pub fn start_secure_servers(dir: &std::path::Path, aof: bool) -> Servers {
+    let pki = test_pki(dir);
+    let password_file = dir.join("password");
+    std::fs::write(&password_file, format!("{SECURE_PASSWORD}\n")).unwrap();
+    let path = |p: &PathBuf| p.display().to_string();
+    let nats_port = free_port();
+    let mut nats = Proc(
+        Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"])
+            .arg(dir.join("js"))
+            .args(["--tls", "--tlscert", &path(&pki.cert), "--tlskey", &path(&pki.key)])
+            .args(["--user", "dispatch", "--pass", SECURE_PASSWORD])
+            .arg("-l")
+            .arg(dir.join("nats.log"))
+            .spawn()
+            .expect("nats-server (run tools/install.sh)"),
+    );
+    let port = free_port();
+    let mut redis = Proc(
+        Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--tls-cert-file", &path(&pki.cert), "--tls-key-file", &path(&pki.key)])
+            .args(["--tls-ca-cert-file", &path(&pki.ca), "--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", if aof { "yes" } else { "no" }])
+            .args(["--user", "default", "off"])
+            .args([
+                "--user",
+                "dispatch",
+                "on",
+                &format!(">{SECURE_PASSWORD}"),
+                "~*",
+                "&*",
+                "+@all",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (run tools/install.sh)"),
+    );
+    wait_ready(
+        &mut redis,
+        &dir.join("redis.log"),
+        "Ready to accept connections",
+        "redis-server (TLS)",
+    );
+    wait_ready(&mut nats, &dir.join("nats.log"), "Server is ready", "nats-server (TLS)");
+    let links = Links {
+        redis: dispatch::config::Redis {
+            username: "dispatch".into(),
+            password_file: path(&password_file),
+            tls_ca_file: path(&pki.ca),
+            ..Default::default()
+        },
+        nats: dispatch_client::nats::NatsAuth {
+            user: "dispatch".into(),
+            password_file: path(&password_file),
+            tls_ca_file: path(&pki.ca),
+            ..Default::default()
+        },
+        pki,
+    };
+    Servers {
+        redis,
+        redis_nodes: Vec::new(),
+        redis_port: port,
+        redis_ports: vec![port],
+        redis_url: format!("rediss://127.0.0.1:{port}"),
+        nats,
+        nats_port,
+        links: Some(links),
     }
 }
 
@@ -483,8 +648,16 @@ impl Stack {
             nats,
             redis_port,
             nats_port,
+            links,
         } = start_servers_on(dir.path(), true, topology);
         let mut config = test_config(&redis_url, nats_port);
+        if let Some(l) = &links {
+            config.redis = dispatch::config::Redis {
+                partitions: config.redis.partitions,
+                ..l.redis.clone()
+            };
+            config.nats = l.nats.clone();
+        }
         tweak(&mut config);
         let running = match dispatch::start(config.clone()).await {
             Ok(r) => r,
@@ -530,8 +703,9 @@ impl Stack {
         WorkerServiceClient::connect(self.url()).await.unwrap()
     }
 
+    /// A NATS client of this stack's server (with its credentials and TLS when secured).
     pub async fn nats_client(&self) -> async_nats::Client {
-        async_nats::connect(format!("nats://127.0.0.1:{}", self.nats_port))
+        dispatch::bus::connect(&self.config.nats_url, &self.config.nats, "test")
             .await
             .unwrap()
     }
@@ -540,7 +714,8 @@ impl Stack {
     pub fn worker_config(&self, queues: &[(&str, usize)]) -> WorkerConfig {
         WorkerConfig {
             dispatch_url: self.url(),
-            nats_url: format!("nats://127.0.0.1:{}", self.nats_port),
+            nats_url: self.config.nats_url.clone(),
+            nats: self.config.nats.clone(),
             worker_id: format!("test-worker-{}", self.workers.len()),
             queues: queues.iter().map(|(q, n)| (q.to_string(), *n)).collect(),
             lease: Duration::from_secs(3),
