@@ -6,13 +6,18 @@ package dispatch
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -39,6 +44,64 @@ func Connect(target string, opts ...grpc.DialOption) (*Client, error) {
 	}
 	return &Client{conn: conn, Jobs: pb.NewJobServiceClient(conn), Workers: pb.NewWorkerServiceClient(conn)}, nil
 }
+
+// Options say how to reach a dispatch with TLS and API keys on (docs/security.md).
+type Options struct {
+	// Token is an API key, sent as "authorization: Bearer <token>" with every call.
+	Token string
+	// CACertFile (PEM) turns TLS on, trusting that CA; TLS with the system's roots: set TLS.
+	CACertFile string
+	// ClientCertFile and ClientKeyFile (PEM) present a client certificate (mutual TLS).
+	ClientCertFile, ClientKeyFile string
+	// TLS turns TLS on even without CACertFile (the system's roots).
+	TLS bool
+}
+
+// ConnectWith dials target (host:port) with opts' token and TLS settings.
+func ConnectWith(target string, opts Options) (*Client, error) {
+	var dial []grpc.DialOption
+	if opts.TLS || opts.CACertFile != "" || opts.ClientCertFile != "" {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if opts.CACertFile != "" {
+			pem, err := os.ReadFile(opts.CACertFile)
+			if err != nil {
+				return nil, fmt.Errorf("reading the CA file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("no certificate in %s", opts.CACertFile)
+			}
+			cfg.RootCAs = pool
+		}
+		if opts.ClientCertFile != "" {
+			cert, err := tls.LoadX509KeyPair(opts.ClientCertFile, opts.ClientKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("reading the client certificate: %w", err)
+			}
+			cfg.Certificates = []tls.Certificate{cert}
+		}
+		dial = append(dial, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	} else {
+		dial = append(dial, grpc.WithInsecure())
+	}
+	if opts.Token != "" {
+		dial = append(dial, grpc.WithPerRPCCredentials(bearer{token: opts.Token, secure: opts.TLS || opts.CACertFile != ""}))
+	}
+	return Connect(target, dial...)
+}
+
+// bearer sends an API key with every call.
+type bearer struct {
+	token  string
+	secure bool
+}
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+// RequireTransportSecurity is false only for a plaintext connection the caller chose.
+func (b bearer) RequireTransportSecurity() bool { return b.secure }
 
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }

@@ -98,3 +98,44 @@ func TestErrors(t *testing.T) {
 		t.Fatalf("want DeadlineExceeded, got %v", err)
 	}
 }
+
+func TestTokenAndCA(t *testing.T) {
+	target, ca := os.Getenv("STACK_TLS_GRPC"), os.Getenv("STACK_CA")
+	token, viewerToken := os.Getenv("STACK_TOKEN"), os.Getenv("STACK_VIEWER_TOKEN")
+	if target == "" || ca == "" || token == "" || viewerToken == "" {
+		t.Fatal("STACK_TLS_GRPC, STACK_CA, STACK_TOKEN, STACK_VIEWER_TOKEN: run through tools/test-clients.sh")
+	}
+	ctx := context.Background()
+	producer, err := ConnectWith(target, Options{Token: token, CACertFile: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+	job, err := producer.Create(ctx, "default", "noop", map[string]interface{}{"from": "go over TLS"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := producer.Wait(ctx, job.GetId(), 20*time.Second)
+	if err != nil || done.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("wait: %v %v", done, err)
+	}
+	anonymous, err := ConnectWith(target, Options{CACertFile: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anonymous.Close()
+	if _, err := anonymous.Get(ctx, job.GetId()); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("want Unauthenticated, got %v", err)
+	}
+	viewer, err := ConnectWith(target, Options{Token: viewerToken, CACertFile: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer viewer.Close()
+	if got, err := viewer.Get(ctx, job.GetId()); err != nil || got.GetId() != job.GetId() {
+		t.Fatalf("viewer get: %v %v", got, err)
+	}
+	if _, err := viewer.Create(ctx, "default", "noop", nil); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("want PermissionDenied, got %v", err)
+	}
+}

@@ -29,3 +29,14 @@ def client(grpc_target):
 
     with Client(grpc_target) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def secure_stack() -> dict:
+    """A second dispatch of the same stack with TLS and API keys on (tools/test-clients.sh)."""
+    return {
+        "target": _env("STACK_TLS_GRPC"),
+        "ca": _env("STACK_CA"),
+        "token": _env("STACK_TOKEN"),
+        "viewer_token": _env("STACK_VIEWER_TOKEN"),
+    }

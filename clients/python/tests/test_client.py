@@ -63,3 +63,20 @@ def test_errors_map_to_exceptions(client: Client):
 
     with pytest.raises(dispatch_client.errors.DeadlineExceeded):
         client.wait(client.create("py-nobody", "noop").id, timeout=0.5)
+
+
+def test_token_and_ca_against_tls_with_keys(secure_stack):
+    """With TLS and keys on: the CA and a producer token create and read a job (run by the
+    stack's workers); no token is UNAUTHENTICATED; a viewer token may read but not create."""
+    s = secure_stack
+    with Client(s["target"], token=s["token"], ca_cert=s["ca"]) as c:
+        job = c.create("default", "noop", {"lang": "python"})
+        done = c.wait(job.id, timeout=30)
+        assert done.state == JobState.JOB_STATE_SUCCEEDED
+    with Client(s["target"], ca_cert=s["ca"]) as anonymous:
+        with pytest.raises(dispatch_client.errors.Unauthenticated):
+            anonymous.get(job.id)
+    with Client(s["target"], token=s["viewer_token"], ca_cert=s["ca"]) as viewer:
+        assert viewer.get(job.id).id == job.id
+        with pytest.raises(dispatch_client.errors.PermissionDenied):
+            viewer.create("default", "noop", {})

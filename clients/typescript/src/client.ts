@@ -6,7 +6,7 @@
  */
 import { create, fromJson, toJson, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
 import { ValueSchema, durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import { type Job, type JobEvent, JobOptionsSchema, JobState, type QueueInfo } from "./gen/dispatch/v1/job_pb.js";
@@ -31,15 +31,43 @@ export interface JobOptionsInit {
 /** The states after which a job never changes on its own. */
 export const TERMINAL: ReadonlySet<JobState> = new Set([JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED]);
 
+/** How to reach a dispatch with TLS and API keys on (docs/security.md). */
+export interface ConnectOptions {
+  /** API key, sent as `authorization: Bearer <token>` with every call. */
+  token?: string;
+  /** PEM of the CA(s) to trust for dispatch's certificate (an `https://` URL); default: Node's roots. */
+  caCert?: string | Buffer;
+  /** PEM client certificate and key, for dispatch with mutual TLS. */
+  clientCert?: string | Buffer;
+  clientKey?: string | Buffer;
+}
+
+/** A gRPC transport to `baseUrl` with `options`' token and TLS settings. */
+export function dispatchTransport(baseUrl: string, options: ConnectOptions = {}): Transport {
+  const interceptors: Interceptor[] = [];
+  const token = options.token;
+  if (token) {
+    interceptors.push((next) => async (req) => {
+      req.header.set("authorization", `Bearer ${token}`);
+      return await next(req);
+    });
+  }
+  const tls = { ca: options.caCert, cert: options.clientCert, key: options.clientKey };
+  return createGrpcTransport({ baseUrl, interceptors, nodeOptions: tls });
+}
+
 export class DispatchClient {
   /** The generated JobService client, for anything the wrapper does not cover. */
   readonly jobs: Client<typeof JobService>;
   /** The generated WorkerService client (claim, heartbeat, complete, fail). */
   readonly workers: Client<typeof WorkerService>;
 
-  /** `baseUrl` like `http://localhost:50051`, or a transport of your own (TLS, interceptors). */
-  constructor(baseUrl: string | Transport = "http://localhost:50051") {
-    const transport = typeof baseUrl === "string" ? createGrpcTransport({ baseUrl }) : baseUrl;
+  /**
+   * `baseUrl` like `http://localhost:50051` (`https://` for TLS) with `options` (a token, a CA,
+   * a client certificate), or a transport of your own.
+   */
+  constructor(baseUrl: string | Transport = "http://localhost:50051", options: ConnectOptions = {}) {
+    const transport = typeof baseUrl === "string" ? dispatchTransport(baseUrl, options) : baseUrl;
     this.jobs = createClient(JobService, transport);
     this.workers = createClient(WorkerService, transport);
   }

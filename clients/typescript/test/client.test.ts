@@ -67,3 +67,20 @@ test("errors carry the gRPC code and field violations", async () => {
   const idle = await client.create("ts-nobody", "noop");
   await rejects(client.wait(idle.id, 300), Code.DeadlineExceeded);
 });
+
+test("a token and a CA against dispatch with TLS and keys on", async () => {
+  const tlsTarget = process.env.STACK_TLS_GRPC;
+  const caFile = process.env.STACK_CA;
+  const token = process.env.STACK_TOKEN;
+  const viewerToken = process.env.STACK_VIEWER_TOKEN;
+  if (!tlsTarget || !caFile || !token || !viewerToken) throw new Error("STACK_TLS_GRPC, STACK_CA, STACK_TOKEN, STACK_VIEWER_TOKEN: run through tools/test-clients.sh");
+  const { readFileSync } = await import("node:fs");
+  const caCert = readFileSync(caFile);
+  const producer = new DispatchClient(`https://${tlsTarget}`, { token, caCert });
+  const job = await producer.create("default", "noop", { from: "typescript over TLS" });
+  assert.equal((await producer.wait(job.id, 20_000)).state, JobState.SUCCEEDED);
+  await rejects(new DispatchClient(`https://${tlsTarget}`, { caCert }).get(job.id), Code.Unauthenticated);
+  const viewer = new DispatchClient(`https://${tlsTarget}`, { token: viewerToken, caCert });
+  assert.equal((await viewer.get(job.id)).id, job.id);
+  await rejects(viewer.create("default", "noop"), Code.PermissionDenied);
+});

@@ -193,6 +193,25 @@ impl NatsCluster {
     }
 }
 
+/// Starts redis-server with `args`, its data and log (`redis.log`) under `dir`.
+fn redis_server(dir: &std::path::Path, args: &[String]) -> Proc {
+    Proc(
+        Command::new("redis-server")
+            .args(args)
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (run tools/install.sh)"),
+    )
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
 /// Starts redis-server on `port` with its data (AOF on) and log under `dir`.
 pub fn spawn_redis(dir: &std::path::Path, port: u16) -> Proc {
     spawn_redis_with(dir, port, true)
@@ -201,25 +220,18 @@ pub fn spawn_redis(dir: &std::path::Path, port: u16) -> Proc {
 /// Starts redis-server on `port` with its log under `dir`; `aof` turns on the append-only
 /// file (no persistence at all otherwise, as the benchmark's peers were measured).
 pub fn spawn_redis_with(dir: &std::path::Path, port: u16, aof: bool) -> Proc {
-    Proc(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                if aof { "yes" } else { "no" },
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .arg("--logfile")
-            .arg(dir.join("redis.log"))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (run tools/install.sh)"),
+    redis_server(
+        dir,
+        &strings(&[
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            if aof { "yes" } else { "no" },
+        ]),
     )
 }
 
@@ -430,29 +442,40 @@ pub fn start_secure_servers(dir: &std::path::Path, aof: bool) -> Servers {
             .expect("nats-server (run tools/install.sh)"),
     );
     let port = free_port();
-    let mut redis = Proc(
-        Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--tls-cert-file", &path(&pki.cert), "--tls-key-file", &path(&pki.key)])
-            .args(["--tls-ca-cert-file", &path(&pki.ca), "--tls-auth-clients", "no"])
-            .args(["--save", "", "--appendonly", if aof { "yes" } else { "no" }])
-            .args(["--user", "default", "off"])
-            .args([
-                "--user",
-                "dispatch",
-                "on",
-                &format!(">{SECURE_PASSWORD}"),
-                "~*",
-                "&*",
-                "+@all",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .arg("--logfile")
-            .arg(dir.join("redis.log"))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (run tools/install.sh)"),
+    let (port_s, cert, key, ca) = (port.to_string(), path(&pki.cert), path(&pki.key), path(&pki.ca));
+    let secret = format!(">{SECURE_PASSWORD}");
+    let mut redis = redis_server(
+        dir,
+        &strings(&[
+            "--port",
+            "0",
+            "--tls-port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            if aof { "yes" } else { "no" },
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "dispatch",
+            "on",
+            &secret,
+            "~*",
+            "&*",
+            "+@all",
+        ]),
     );
     wait_ready(
         &mut redis,
@@ -509,24 +532,25 @@ fn start_cluster(dir: &std::path::Path, masters: usize, replicas: usize, aof: bo
         let port = free_cluster_port();
         let node_dir = dir.join(format!("redis-{port}"));
         std::fs::create_dir_all(&node_dir).unwrap();
-        let mut proc = Proc(
-            Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-                .args(["--appendonly", if aof { "yes" } else { "no" }])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
-                ])
-                .args(["--cluster-node-timeout", "2000"])
-                .arg("--dir")
-                .arg(&node_dir)
-                .arg("--logfile")
-                .arg(node_dir.join("redis.log"))
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server on PATH (run tools/install.sh)"),
+        let conf = format!("nodes-{port}.conf");
+        let mut proc = redis_server(
+            &node_dir,
+            &strings(&[
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                if aof { "yes" } else { "no" },
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf,
+                "--cluster-node-timeout",
+                "2000",
+            ]),
         );
         wait_ready(
             &mut proc,

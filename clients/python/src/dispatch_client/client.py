@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -48,6 +49,14 @@ def job_options(
     return o
 
 
+def _pem(value: bytes | str | os.PathLike[str] | None) -> bytes | None:
+    """PEM bytes as given, or read from a file path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    with open(value, "rb") as f:
+        return f.read()
+
+
 class Client:
     """A connection to dispatch's gRPC API.
 
@@ -59,13 +68,29 @@ class Client:
         self,
         target: str = "localhost:50051",
         *,
+        token: str | None = None,
+        ca_cert: bytes | str | os.PathLike[str] | None = None,
+        client_cert: bytes | str | os.PathLike[str] | None = None,
+        client_key: bytes | str | os.PathLike[str] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         call_timeout: float | None = 30.0,
     ) -> None:
+        """`token`: an API key, sent as `authorization: Bearer <token>` with every call.
+        `ca_cert` (PEM bytes or a file path): TLS, trusting that CA (`tls=True`-like with the
+        system's roots: pass `credentials=grpc.ssl_channel_credentials()`); `client_cert` and
+        `client_key` add a client certificate for mutual TLS. `credentials` wins over those."""
+        if credentials is None and (ca_cert is not None or client_cert is not None):
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(ca_cert),
+                private_key=_pem(client_key),
+                certificate_chain=_pem(client_cert),
+            )
         self._channel = (
             grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
         )
+        if token:
+            metadata = (*metadata, ("authorization", f"Bearer {token}"))
         self._metadata = tuple(metadata)
         self._timeout = call_timeout
         self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)

@@ -29,6 +29,14 @@ class FailedPrecondition(DispatchError):
     """The job is not in a state that allows this (it moved on, or the lease is stale)."""
 
 
+class Unauthenticated(DispatchError):
+    """No API key, or one dispatch does not know (authentication on)."""
+
+
+class PermissionDenied(DispatchError):
+    """The API key's role may not make this call, or the lease belongs to another key."""
+
+
 class ResourceExhausted(DispatchError):
     """Dispatch is at capacity. Retry with backoff."""
 
@@ -45,6 +53,8 @@ _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
