@@ -289,7 +289,7 @@ async fn http_connections_are_capped() {
 }
 
 /// Pass: with `limits.worker_calls` = 1, a second worker call while the first is held up
-/// (Redis paused for writes) waits `limits.worker_admission_wait_ms`, then gets
+/// (Redis paused for writes until the refusal is seen) waits `limits.worker_admission_wait_ms`, then gets
 /// RESOURCE_EXHAUSTED with a RetryInfo; once the first is done, calls are served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_calls_are_admitted_up_to_the_limit() {
@@ -314,7 +314,9 @@ async fn worker_calls_are_admitted_up_to_the_limit() {
         worker_id: "w".into(),
         ..Default::default()
     };
-    dispatch_testkit::redis_cli(s.redis_port, &["CLIENT", "PAUSE", "1500", "WRITE"]);
+    // Writes wait until CLIENT UNPAUSE below (10 s at most), so the first call holds its turn
+    // however slow the machine is.
+    dispatch_testkit::redis_cli(s.redis_port, &["CLIENT", "PAUSE", "10000", "WRITE"]);
     let mut w1 = s.workers_api().await;
     let first = {
         let req = claim(&a.id);
@@ -343,6 +345,7 @@ async fn worker_calls_are_admitted_up_to_the_limit() {
         "{}",
         refused.message()
     );
+    dispatch_testkit::redis_cli(s.redis_port, &["CLIENT", "UNPAUSE"]);
     first
         .await
         .unwrap()
@@ -365,5 +368,34 @@ async fn metrics_can_have_a_listener_of_their_own() {
     assert!(text.contains("dispatch_"), "{}", &text[..text.len().min(200)]);
     let api = reqwest::get(format!("http://{}/metrics", s.http)).await.unwrap();
     assert_eq!(api.status(), 404);
+    s.stop().await;
+}
+
+/// Pass: with `limits.grpc_connections` = 1 and one gRPC connection open, a second client is
+/// not served until the first connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_are_capped() {
+    let s = Stack::start_with(|c| c.limits.grpc_connections = 1).await;
+    let mut first = s.jobs().await;
+    first.list_queues(pb::ListQueuesRequest {}).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_millis(700), async {
+        let mut c = pb::job_service_client::JobServiceClient::connect(s.url()).await.ok()?;
+        c.list_queues(pb::ListQueuesRequest {}).await.ok()
+    })
+    .await;
+    assert!(
+        !matches!(second, Ok(Some(_))),
+        "a second connection must wait while the first is open"
+    );
+    drop(first);
+    let url = s.url();
+    eventually("a slot frees when the first connection closes", T, || {
+        let url = url.clone();
+        async move {
+            let mut c = pb::job_service_client::JobServiceClient::connect(url).await.ok()?;
+            c.list_queues(pb::ListQueuesRequest {}).await.ok()
+        }
+    })
+    .await;
     s.stop().await;
 }

@@ -119,3 +119,101 @@ async fn bad_links_fail_clearly_and_keep_secrets() {
     assert!(e.contains("/nonexistent/redis-password"), "{e}");
     drop(servers);
 }
+
+/// Starts a plain nats-server (JetStream) with `auth` as its authorization block, on a free
+/// port under `dir`; returns it and its port.
+fn nats_with_auth(dir: &std::path::Path, auth: &str) -> (dispatch_testkit::Proc, u16) {
+    let port = dispatch_testkit::free_port();
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\nauthorization {{ {auth} }}\n",
+            dir.join("js").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut proc = dispatch_testkit::Proc(
+        std::process::Command::new(dispatch_testkit::nats_server_bin())
+            .arg("-c")
+            .arg(&conf)
+            .arg("-l")
+            .arg(dir.join("nats.log"))
+            .spawn()
+            .expect("nats-server"),
+    );
+    dispatch_testkit::wait_ready(&mut proc, &dir.join("nats.log"), "Server is ready", "nats-server");
+    (proc, port)
+}
+
+/// dispatch against a NATS demanding `auth`, with `nats` settings: Ok when it starts.
+async fn start_with_nats(auth: &str, nats: dispatch_client::nats::NatsAuth) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, port) = nats_with_auth(dir.path(), auth);
+    let redis_port = dispatch_testkit::free_port();
+    let mut redis = dispatch_testkit::spawn_redis_with(dir.path(), redis_port, false);
+    dispatch_testkit::wait_ready(
+        &mut redis,
+        &dir.path().join("redis.log"),
+        "Ready to accept",
+        "redis-server",
+    );
+    let mut config = test_config(&format!("redis://127.0.0.1:{redis_port}"), port);
+    config.nats = nats;
+    match tokio::time::timeout(T, dispatch::start(config)).await {
+        Ok(Ok(running)) => {
+            running.shutdown().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err("neither started nor failed".into()),
+    }
+}
+
+/// Pass: a NATS token and an nkey seed, each read from a file, log dispatch in; a wrong token
+/// and a seed of another key are refused at start, without the secret in the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_tokens_and_nkeys_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("{content}\n")).unwrap();
+        p.display().to_string()
+    };
+    let token_auth = "token: \"t0ken-f0r-nats\"";
+    let good = dispatch_client::nats::NatsAuth {
+        token_file: file("token", "t0ken-f0r-nats"),
+        ..Default::default()
+    };
+    start_with_nats(token_auth, good)
+        .await
+        .expect("the right token logs in");
+    let wrong = dispatch_client::nats::NatsAuth {
+        token_file: file("wrong-token", "wr0ng-t0ken"),
+        ..Default::default()
+    };
+    let e = start_with_nats(token_auth, wrong).await.unwrap_err();
+    assert!(e.contains("authorization violation"), "{e}");
+    assert!(!e.contains("wr0ng-t0ken"), "{e}");
+
+    let user = nkeys::KeyPair::new_user();
+    let nkey_auth = format!("users = [ {{ nkey: {} }} ]", user.public_key());
+    let seed = dispatch_client::nats::NatsAuth {
+        nkey_seed_file: file("seed", &user.seed().unwrap()),
+        ..Default::default()
+    };
+    start_with_nats(&nkey_auth, seed).await.expect("the right nkey logs in");
+    let other = nkeys::KeyPair::new_user();
+    let other_seed = other.seed().unwrap();
+    let e = start_with_nats(
+        &nkey_auth,
+        dispatch_client::nats::NatsAuth {
+            nkey_seed_file: file("other-seed", &other_seed),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("authorization violation"), "{e}");
+    assert!(!e.contains(&other_seed), "{e}");
+}
