@@ -28,8 +28,9 @@ pub async fn connect(
     name: &str,
 ) -> Result<async_nats::Client, String> {
     use async_nats::ConnectErrorKind as Kind;
-    // One plain attempt first: a refused login or a failed TLS handshake is final and said at
-    // once; anything else (not up yet, unreachable) is retried in the background.
+    // One plain attempt first: a server that is not there yet (refused, timed out, unknown
+    // name) is retried in the background; anything else it answers with (a refused login, a
+    // TLS handshake it or we reject) is final and said at once.
     let (opts, servers) = dispatch_client::nats::connect_options(url, auth).await?;
     match opts
         .name(name)
@@ -38,13 +39,11 @@ pub async fn connect(
         .await
     {
         Ok(client) => return Ok(client),
-        Err(e)
-            if matches!(
-                e.kind(),
-                Kind::Authentication | Kind::AuthorizationViolation | Kind::Tls
-            ) =>
-        {
-            return Err(format!("NATS refused the connection: {e}"));
+        Err(e) if !not_there_yet(&e) => {
+            return Err(match e.kind() {
+                Kind::Authentication | Kind::AuthorizationViolation => format!("NATS refused the login: {e}"),
+                _ => format!("NATS refused the connection: {e}"),
+            });
         }
         Err(_) => {}
     }
@@ -55,6 +54,31 @@ pub async fn connect(
         .connect(servers.as_str())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// True for a connection error that means "no server there (yet)": worth retrying.
+fn not_there_yet(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    match e.kind() {
+        Kind::TimedOut | Kind::Dns | Kind::MaxReconnects => true,
+        Kind::Io => {
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    return matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::NotFound
+                    );
+                }
+                source = s.source();
+            }
+            // An I/O error without a cause: most likely nothing listening.
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Creates the two streams when missing (file storage).

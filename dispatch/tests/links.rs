@@ -217,3 +217,93 @@ async fn nats_tokens_and_nkeys_from_files() {
     assert!(e.contains("authorization violation"), "{e}");
     assert!(!e.contains(&other_seed), "{e}");
 }
+
+/// Pass: a Redis with `tls-auth-clients yes` and a NATS with `--tlsverify` serve dispatch when
+/// it presents the client certificate (`redis.tls_cert_file`, `nats.tls_cert_file`), and refuse
+/// it without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_for_redis_and_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dispatch_testkit::test_pki(dir.path());
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    let redis_port = dispatch_testkit::free_port();
+    let mut redis = dispatch_testkit::Proc(
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", &path(&pki.cert), "--tls-key-file", &path(&pki.key)])
+            .args(["--tls-ca-cert-file", &path(&pki.ca), "--tls-auth-clients", "yes"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--logfile")
+            .arg(dir.path().join("redis.log"))
+            .spawn()
+            .expect("redis-server"),
+    );
+    dispatch_testkit::wait_ready(
+        &mut redis,
+        &dir.path().join("redis.log"),
+        "Ready to accept",
+        "redis-server",
+    );
+    let nats_port = dispatch_testkit::free_port();
+    let mut nats = dispatch_testkit::Proc(
+        std::process::Command::new(dispatch_testkit::nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"])
+            .arg(dir.path().join("js"))
+            .args([
+                "--tlsverify",
+                "--tlscert",
+                &path(&pki.cert),
+                "--tlskey",
+                &path(&pki.key),
+            ])
+            .args(["--tlscacert", &path(&pki.ca)])
+            .arg("-l")
+            .arg(dir.path().join("nats.log"))
+            .spawn()
+            .expect("nats-server"),
+    );
+    dispatch_testkit::wait_ready(
+        &mut nats,
+        &dir.path().join("nats.log"),
+        "Server is ready",
+        "nats-server",
+    );
+    let mut config = test_config(&format!("rediss://127.0.0.1:{redis_port}"), nats_port);
+    config.redis.tls_ca_file = path(&pki.ca);
+    config.redis.tls_cert_file = path(&pki.client_cert);
+    config.redis.tls_key_file = path(&pki.client_key);
+    config.nats.tls_ca_file = path(&pki.ca);
+    config.nats.tls_cert_file = path(&pki.client_cert);
+    config.nats.tls_key_file = path(&pki.client_key);
+    let running = dispatch::start(config.clone())
+        .await
+        .expect("dispatch starts with client certificates");
+    let client = dispatch_client::Client::connect(format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    client
+        .create("mtls-links", "noop", serde_json::json!({}))
+        .await
+        .unwrap();
+    running.shutdown().await;
+
+    let mut no_redis_cert = config.clone();
+    no_redis_cert.redis.tls_cert_file.clear();
+    no_redis_cert.redis.tls_key_file.clear();
+    let e = start_error(no_redis_cert).await;
+    assert!(e.contains("Redis"), "{e}");
+    let mut no_nats_cert = config;
+    no_nats_cert.nats.tls_cert_file.clear();
+    no_nats_cert.nats.tls_key_file.clear();
+    let e = start_error(no_nats_cert).await;
+    assert!(e.contains("NATS"), "{e}");
+}
