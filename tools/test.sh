@@ -3,7 +3,8 @@
 # check, the drift check of the generated clients, every Rust test (unit and integration on real
 # redis-server and nats-server; lifecycle and protocol again on a Redis Cluster, and against
 # Redis and NATS that demand passwords and TLS), a short
-# loadcheck on one Redis and on a cluster, a smoke run of the benchmark, and on one
+# loadcheck on one Redis and on a cluster, a smoke run of the benchmark, `make run`'s
+# supervision (tools/run-check.sh), and on one
 # `make run` stack: the smoke test (grpcurl, the docs' curl examples, schemathesis) and the
 # Python, TypeScript and Go clients' tests.
 set -euo pipefail
@@ -26,6 +27,8 @@ echo "== loadcheck on a 3-master Redis Cluster (1000 jobs, a worker killed every
 DISPATCH_TEST_REDIS=cluster ./target/debug/loadcheck --jobs 1000 --kill-every-ms 1000
 echo "== bench smoke (2,000 jobs batched, 500 singly, 2 s at 200/s, memory: every job must succeed; no timing asserted)"
 ./target/debug/bench --jobs 2000 --single-jobs 500 --latency-s 2 --rate 200 --mem-jobs 1000 --timeout-s 120
+echo "== make run: a killed worker restarts, stopping is ordered and loses no finished job, a dead dispatch stops the stack"
+tools/run-check.sh
 echo "== generated clients match the proto"; tools/gen-clients.sh --check
 echo "== on a make-run stack: smoke (grpcurl, curl examples, schemathesis), then the clients"
 tools/with-stack.sh bash -c 'tools/smoke.sh && tools/test-clients.sh'
