@@ -39,7 +39,7 @@ pub async fn connect(
         .await
     {
         Ok(client) => return Ok(client),
-        Err(e) if !not_there_yet(&e) => {
+        Err(e) if !dispatch_client::nats::not_there_yet(&e) => {
             return Err(match e.kind() {
                 Kind::Authentication | Kind::AuthorizationViolation => format!("NATS refused the login: {e}"),
                 _ => format!("NATS refused the connection: {e}"),
@@ -54,31 +54,6 @@ pub async fn connect(
         .connect(servers.as_str())
         .await
         .map_err(|e| e.to_string())
-}
-
-/// True for a connection error that means "no server there (yet)": worth retrying.
-fn not_there_yet(e: &async_nats::ConnectError) -> bool {
-    use async_nats::ConnectErrorKind as Kind;
-    match e.kind() {
-        Kind::TimedOut | Kind::Dns | Kind::MaxReconnects => true,
-        Kind::Io => {
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                    return matches!(
-                        io.kind(),
-                        std::io::ErrorKind::ConnectionRefused
-                            | std::io::ErrorKind::TimedOut
-                            | std::io::ErrorKind::NotFound
-                    );
-                }
-                source = s.source();
-            }
-            // An I/O error without a cause: most likely nothing listening.
-            true
-        }
-        _ => false,
-    }
 }
 
 /// Creates the two streams when missing (file storage).

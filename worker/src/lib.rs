@@ -65,6 +65,9 @@ pub struct WorkerConfig {
     /// TLS to dispatch (an `https://` `dispatch_url`): the CA to trust and, for mutual TLS,
     /// the client certificate. `None` with an `https://` URL trusts the system's roots.
     pub tls: Option<dispatch_client::Tls>,
+    /// How long the worker keeps trying to reach NATS at start before it gives up (with a
+    /// warning naming the server every second meanwhile).
+    pub connect_timeout: Duration,
     /// Internal networks the built-in `http.fetch` may reach all the same (by default it
     /// refuses loopback, private, link-local and multicast addresses).
     pub fetch_allow: Vec<handlers::Net>,
@@ -84,13 +87,14 @@ impl std::fmt::Debug for WorkerConfig {
             .field("metrics_addr", &self.metrics_addr)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
             .field("fetch_allow", &self.fetch_allow)
             .finish()
     }
 }
 
 /// `url` with any `user:password@` or `token@` part of each server replaced by `***@`.
-fn redact_userinfo(url: &str) -> String {
+pub(crate) fn redact_userinfo(url: &str) -> String {
     let (servers, creds) = dispatch_client::nats::split_credentials(url);
     match creds {
         None => url.to_string(),
@@ -119,6 +123,7 @@ impl Default for WorkerConfig {
             metrics_addr: None,
             token: None,
             tls: None,
+            connect_timeout: Duration::from_secs(60),
             fetch_allow: Vec::new(),
         }
     }

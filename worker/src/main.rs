@@ -26,6 +26,9 @@ struct Flags {
     /// Lease asked for, in seconds.
     #[arg(long, default_value_t = 30)]
     lease_s: u64,
+    /// Give up at start when NATS has not been reachable for this many seconds.
+    #[arg(long, env = "DISPATCH_WORKER_CONNECT_TIMEOUT_S", default_value_t = 60)]
+    connect_timeout_s: u64,
     /// Drain grace period on SIGTERM, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_grace_s: u64,
@@ -132,8 +135,26 @@ fn tls_of(flags: &Flags) -> anyhow::Result<Option<dispatch_client::Tls>> {
     Ok(Some(tls))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Runs the worker; a failure is one line on stderr (no backtrace, even with RUST_BACKTRACE
+/// set) and exit status 1.
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("worker: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("worker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let _telemetry = dispatch_telemetry::init("worker", flags.log_json).map_err(anyhow::Error::msg)?;
     let tls = tls_of(&flags)?;
@@ -161,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
         token: flags.token.filter(|t| !t.is_empty()),
         tls,
         nats,
+        connect_timeout: Duration::from_secs(flags.connect_timeout_s),
         fetch_allow: flags.fetch_allow,
         ..Default::default()
     };
@@ -191,7 +213,8 @@ mod tests {
             parse_queues("default=16, emails").unwrap(),
             vec![("default".to_string(), 16), ("emails".to_string(), 4)]
         );
-        assert!(parse_queues("a=zero").is_err());
+        let err = parse_queues("a=zero").unwrap_err().to_string();
+        assert!(err.contains("a=zero"), "{err}");
         assert!(parse_queues("a=0").is_err());
     }
 }

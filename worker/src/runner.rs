@@ -43,14 +43,9 @@ pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: Cancell
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     }
     let client = client.workers();
-    let (nats_opts, nats_servers) = dispatch_client::nats::connect_options(&cfg.nats_url, &cfg.nats)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let nats = nats_opts
-        .name(&cfg.worker_id)
-        .retry_on_initial_connect()
-        .connect(nats_servers.as_str())
-        .await?;
+    let Some(nats) = connect_nats(&cfg, &shutdown).await? else {
+        return Ok(());
+    };
     let js = jetstream::new(nats);
     // dispatch creates the stream; wait for it.
     let stream = loop {
@@ -547,6 +542,44 @@ impl JobRunner {
                 tracing::info!(job_id = %job.id, queue = %job.queue, attempt = job.attempt, error, "job attempt failed")
             }
             Err(s) => tracing::warn!(job_id = %job.id, attempt = job.attempt, error = %s, "failure not recorded"),
+        }
+    }
+}
+
+/// Connects to NATS. A server that is not there yet is retried every second with a warning
+/// naming it, until `cfg.connect_timeout` has passed without one connection (then an error);
+/// a refused login or TLS handshake fails at once. `None` when stopped meanwhile. Once
+/// connected, the client reconnects on its own for as long as it takes.
+async fn connect_nats(cfg: &WorkerConfig, shutdown: &CancellationToken) -> anyhow::Result<Option<async_nats::Client>> {
+    let shown = crate::redact_userinfo(&cfg.nats_url);
+    let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
+    loop {
+        let (opts, servers) = dispatch_client::nats::connect_options(&cfg.nats_url, &cfg.nats)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        match opts
+            .name(&cfg.worker_id)
+            .connection_timeout(Duration::from_secs(2))
+            .connect(servers.as_str())
+            .await
+        {
+            Ok(client) => return Ok(Some(client)),
+            Err(e) if !dispatch_client::nats::not_there_yet(&e) => {
+                anyhow::bail!("NATS at {shown} refused the connection: {e}")
+            }
+            Err(e) => {
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "NATS at {shown} not reachable after {} s: {e}",
+                        cfg.connect_timeout.as_secs()
+                    );
+                }
+                tracing::warn!(nats = %shown, error = %e, "NATS not reachable yet; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return Ok(None),
         }
     }
 }

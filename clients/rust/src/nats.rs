@@ -196,6 +196,31 @@ pub async fn connect_options(url: &str, auth: &NatsAuth) -> Result<(async_nats::
     Ok((opts, servers))
 }
 
+/// True for a connection error that means "no server there (yet)": worth retrying.
+pub fn not_there_yet(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    match e.kind() {
+        Kind::TimedOut | Kind::Dns | Kind::MaxReconnects => true,
+        Kind::Io => {
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    return matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::NotFound
+                    );
+                }
+                source = s.source();
+            }
+            // An I/O error without a cause: most likely nothing listening.
+            true
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -748,6 +748,7 @@ impl Stack {
             metrics_addr: None,
             token: None,
             tls: None,
+            connect_timeout: Duration::from_secs(60),
             // Tests serve http.fetch targets on loopback.
             fetch_allow: vec!["127.0.0.0/8".parse().unwrap()],
         }
