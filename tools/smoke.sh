@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of `make run` as a user meets it: starts tools/run-local.sh on free ports, then
-# checks with grpcurl that the services are listed, a noop job succeeds within 1 s and the
+# checks with grpcurl that the services are listed, a validation error shows its field
+# violations, a noop job succeeds within 1 s and the
 # README's fail job ends FAILED on attempt 3; runs the examples of README.md, docs/api.md and
 # docs/clients.md as written (tools/doccheck.py); and fuzzes the REST gateway with schemathesis
 # from /api/openapi.json (no 5xx, every response as documented). Stops the stack afterwards.
@@ -18,6 +19,12 @@ for s in dispatch.v1.JobService dispatch.v1.WorkerService grpc.health.v1.Health;
   grep -qx "$s" <<<"$services" || { echo "smoke: $s not listed"; exit 1; }
 done
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+# A validation error shows its field violations in grpcurl (the error details are served by
+# reflection).
+bad=$(call CreateJob '{"queue":"","type":""}' 2>&1 || true)
+grep -q '"fieldViolations":\[{"field":"queue"' <<<"$bad" && ! grep -q "not recognized" <<<"$bad" \
+  || { echo "smoke: grpcurl does not show the field violations:"; echo "$bad"; exit 1; }
 
 id=$(call CreateJob '{"queue":"default","type":"noop","payload":{"objectId":"x"}}' | field 'd["job"]["id"]')
 state=""

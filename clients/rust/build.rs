@@ -20,6 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ])?
         .encode_file_descriptor_set();
     std::fs::write(out.join("dispatch_descriptor.bin"), &bytes)?;
+    // google.rpc's error details on their own, for reflection: grpcurl then prints the field
+    // violations of an INVALID_ARGUMENT instead of "google.rpc.BadRequest is not recognized".
+    let details = protox::Compiler::new([&root])?
+        .include_imports(false)
+        .open_files(["google/rpc/error_details.proto"])?
+        .encode_file_descriptor_set();
+    std::fs::write(out.join("error_details_descriptor.bin"), &details)?;
 
     let fds = prost_types::FileDescriptorSet::decode(bytes.as_slice())?;
     tonic_prost_build::configure()

@@ -152,10 +152,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(dispatch_client::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(dispatch_client::ERROR_DETAILS_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(dispatch_client::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(dispatch_client::ERROR_DETAILS_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 

@@ -19,6 +19,11 @@ pub mod pb {
 /// Encoded `FileDescriptorSet` of the dispatch protos and their imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dispatch_descriptor.bin"));
 
+/// Encoded `FileDescriptorSet` of `google/rpc/error_details.proto` alone (its import,
+/// `google/protobuf/duration.proto`, is in [`FILE_DESCRIPTOR_SET`]), for gRPC reflection.
+pub const ERROR_DETAILS_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/error_details_descriptor.bin"));
+
 pub mod client;
 pub mod json;
 #[cfg(feature = "nats")]
