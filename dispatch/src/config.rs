@@ -238,6 +238,9 @@ pub struct Http {
     pub body_timeout_ms: u64,
     /// A connection with no request in flight and no traffic this long is closed.
     pub idle_timeout_ms: u64,
+    /// Origins whose pages may call the REST API from a browser (CORS), e.g.
+    /// `["https://ops.example.com"]`; `"*"` allows any. Empty: none (the default).
+    pub cors_origins: Vec<String>,
     /// Where to serve `/metrics` on a listener of its own (plain HTTP, no authentication, for
     /// the Prometheus scraper); empty serves it on `http_addr`.
     pub metrics_addr: String,
@@ -251,6 +254,7 @@ impl Default for Http {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             idle_timeout_ms: 120_000,
+            cors_origins: Vec::new(),
             metrics_addr: String::new(),
         }
     }
@@ -475,6 +479,17 @@ impl Config {
         if h.header_timeout_ms == 0 || h.body_timeout_ms == 0 || h.idle_timeout_ms == 0 {
             return bad("http.header_timeout_ms, http.body_timeout_ms and http.idle_timeout_ms must be positive");
         }
+        for o in &h.cors_origins {
+            let ok = o == "*"
+                || o.split_once("://").is_some_and(|(scheme, host)| {
+                    matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains(['/', '?', '#'])
+                });
+            if !ok {
+                return bad(&format!(
+                    "http.cors_origins: {o:?} is not an origin like https://ops.example.com (no path), or \"*\""
+                ));
+            }
+        }
         if !h.metrics_addr.is_empty() && h.metrics_addr.parse::<SocketAddr>().is_err() {
             return bad("http.metrics_addr must be an address like 127.0.0.1:9090, or empty");
         }
@@ -650,6 +665,14 @@ fn set(doc: &mut toml::Table, path: &[String], raw: &str, origin: &str) -> Resul
             raw.parse()
                 .map_err(|_| invalid(format!("{last} must be true or false, got {raw:?}")))?,
         ),
+        // A list from the environment or a flag: comma-separated.
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.into()))
+                .collect(),
+        ),
         _ => return Err(invalid(format!("unknown setting {last}"))),
     };
     table.insert(last.clone(), value);
@@ -756,6 +779,17 @@ mod tests {
         assert!(load(&[("tls.cert_file", "/c.pem"), ("tls.key_file", "/k.pem")]).is_ok());
         let err = load(&[("http.metrics_addr", "nine-thousand")]).unwrap_err();
         assert!(err.contains("http.metrics_addr"), "{err}");
+        let err = load(&[("http.cors_origins", "https://ops.example.com/path")]).unwrap_err();
+        assert!(err.contains("cors_origins"), "{err}");
+        let two = load(&[(
+            "http.cors_origins",
+            "https://ops.example.com:8443, http://127.0.0.1:3000",
+        )])
+        .unwrap();
+        assert_eq!(
+            two.http.cors_origins,
+            vec!["https://ops.example.com:8443", "http://127.0.0.1:3000"]
+        );
         let err = load(&[("http.idle_timeout_ms", "0")]).unwrap_err();
         assert!(err.contains("idle_timeout_ms"), "{err}");
         let err = load(&[("limits.worker_calls", "0")]).unwrap_err();

@@ -399,3 +399,60 @@ async fn grpc_connections_are_capped() {
     .await;
     s.stop().await;
 }
+
+/// Pass: with `http.cors_origins`, a preflight from a listed origin gets 204 with the allowed
+/// methods and headers, and its requests carry `Access-Control-Allow-Origin`; another origin
+/// gets no CORS header (the browser then refuses the response).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_the_configured_origins_only() {
+    let s = Stack::start_with(|c| c.http.cors_origins = vec!["http://ops.example:3000".into()]).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/job", s.http);
+    let pre = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "http://ops.example:3000")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization, content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    let h = pre.headers();
+    assert_eq!(h["access-control-allow-origin"], "http://ops.example:3000");
+    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    assert!(
+        h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
+    let created = http
+        .post(&url)
+        .header("origin", "http://ops.example:3000")
+        .header("content-type", "application/json")
+        .body(r#"{"queue":"cors","type":"noop"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    assert_eq!(
+        created.headers()["access-control-allow-origin"],
+        "http://ops.example:3000"
+    );
+    let other = http
+        .get(format!("http://{}/api/queues", s.http))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let other_pre = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "http://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(other_pre.headers().get("access-control-allow-origin").is_none());
+    s.stop().await;
+}

@@ -57,6 +57,7 @@ pub fn router(
     keys: Option<crate::auth::Keys>,
     shutdown: CancellationToken,
 ) -> axum::Router {
+    let origins = std::sync::Arc::new(limits.cors_origins.clone());
     let gateway = Gateway {
         services: generated::Services {
             job_service: std::sync::Arc::new(jobs),
@@ -72,6 +73,53 @@ pub fn router(
         .method_not_allowed_fallback(|req: Request| async move { method_not_allowed(req.uri().path(), &["GET"]) })
         .fallback(handle)
         .with_state(gateway)
+        .layer(axum::middleware::from_fn_with_state(origins, cors))
+}
+
+/// CORS for the origins in `http.cors_origins` (none by default: browsers then refuse pages
+/// of other origins): a preflight from one of them is answered here (204, the methods and
+/// the `authorization` and `content-type` headers allowed, cached 10 min); its requests get
+/// `Access-Control-Allow-Origin` naming it. Authentication applies as to any other caller.
+async fn cors(
+    State(origins): State<std::sync::Arc<Vec<String>>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| origins.iter().any(|a| a == "*" || a == o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let preflight = req.method() == axum::http::Method::OPTIONS
+        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut resp = if preflight {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(req).await
+    };
+    if let Some(origin) = origin {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+        if preflight {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, content-type"),
+            );
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        } else {
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("retry-after, www-authenticate"),
+            );
+        }
+    }
+    resp
 }
 
 /// `GET /metrics`: the Prometheus text exposition of `metrics`.
