@@ -456,3 +456,48 @@ async fn cors_allows_the_configured_origins_only() {
     assert!(other_pre.headers().get("access-control-allow-origin").is_none());
     s.stop().await;
 }
+
+/// Pass: with `limits.grpc_max_concurrent_streams` = 2, two open WatchJob streams fill a
+/// connection: a third call on it waits, while a call on another connection is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_streams_per_connection_are_capped() {
+    let s = Stack::start_with(|c| c.limits.grpc_max_concurrent_streams = 2).await;
+    let mut jobs = s.jobs().await;
+    // No worker serves this queue: the job stays QUEUED and its watches stay open.
+    let id = jobs
+        .create_job(job("streams", serde_json::json!({})))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut j = jobs.clone();
+        open.push(
+            j.watch_job(pb::WatchJobRequest { id: id.clone() })
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let third = tokio::time::timeout(
+        Duration::from_millis(700),
+        jobs.get_job(pb::GetJobRequest { id: id.clone() }),
+    )
+    .await;
+    assert!(third.is_err(), "a third stream on a full connection must wait");
+    let mut other = s.jobs().await;
+    other
+        .get_job(pb::GetJobRequest { id: id.clone() })
+        .await
+        .expect("another connection is served");
+    drop(open);
+    eventually("a stream slot frees when a watch closes", T, || {
+        let (mut j, id) = (jobs.clone(), id.clone());
+        async move { j.get_job(pb::GetJobRequest { id }).await.ok() }
+    })
+    .await;
+    s.stop().await;
+}
