@@ -243,7 +243,6 @@ pub fn incoming(
 ) -> mpsc::Receiver<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(cap));
-    let handshakes = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
             let slot = tokio::select! {
@@ -285,11 +284,9 @@ pub fn incoming(
                     }
                 }
                 Some(acceptor) => {
-                    let (acceptor, tx, handshakes) = (acceptor.clone(), tx.clone(), handshakes.clone());
-                    handshakes.fetch_add(1, Ordering::Relaxed);
+                    let (acceptor, tx) = (acceptor.clone(), tx.clone());
                     tokio::spawn(async move {
                         let shaken = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
-                        handshakes.fetch_sub(1, Ordering::Relaxed);
                         match shaken {
                             Ok(Ok(stream)) => {
                                 let _ = tx.send(Ok(conn(Io::Tls(Box::new(stream))))).await;

@@ -288,9 +288,10 @@ async fn http_connections_are_capped() {
     s.stop().await;
 }
 
-/// Pass: with `limits.worker_calls` = 1, a second worker call while the first is held up
-/// (Redis paused for writes until the refusal is seen) waits `limits.worker_admission_wait_ms`, then gets
-/// RESOURCE_EXHAUSTED with a RetryInfo; once the first is done, calls are served again.
+/// Pass: with `limits.worker_calls` = 1 and Redis paused for writes, of two worker calls made
+/// at once one takes the only turn (and waits on Redis) and the other, after
+/// `limits.worker_admission_wait_ms`, gets RESOURCE_EXHAUSTED with a RetryInfo; once Redis
+/// resumes the first is served, and the refused one is served when made again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_calls_are_admitted_up_to_the_limit() {
     let s = Stack::start_with(|c| {
@@ -298,42 +299,29 @@ async fn worker_calls_are_admitted_up_to_the_limit() {
         c.limits.worker_admission_wait_ms = 200;
     })
     .await;
-    let a = s
-        .create(serde_json::json!({"queue": "adm", "type": "noop"}))
-        .await
-        .job
-        .unwrap();
-    let b = s
-        .create(serde_json::json!({"queue": "adm", "type": "noop"}))
-        .await
-        .job
-        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let job = s.create(serde_json::json!({"queue": "adm", "type": "noop"})).await.job;
+        ids.push(job.unwrap().id);
+    }
     let claim = |id: &str| pb::ClaimJobRequest {
         job_id: id.to_string(),
         attempt: 1,
         worker_id: "w".into(),
         ..Default::default()
     };
-    // Writes wait until CLIENT UNPAUSE below (10 s at most), so the first call holds its turn
-    // however slow the machine is.
+    // Writes (and so claims) wait until CLIENT UNPAUSE below, 10 s at most.
     dispatch_testkit::redis_cli(s.redis_port, &["CLIENT", "PAUSE", "10000", "WRITE"]);
-    let mut w1 = s.workers_api().await;
-    let first = {
-        let req = claim(&a.id);
-        tokio::spawn(async move { w1.claim_job(req).await })
-    };
-    // The first call holds the only turn until Redis resumes.
-    let mut w2 = s.workers_api().await;
-    let refused = eventually("a second call is refused while the first holds the turn", T, || {
-        let (mut w2, req) = (w2.clone(), claim(&b.id));
-        async move {
-            w2.claim_job(req)
-                .await
-                .err()
-                .filter(|e| e.code() == Code::ResourceExhausted)
-        }
-    })
-    .await;
+    let mut calls = Vec::new();
+    for id in &ids {
+        let (mut w, req) = (s.workers_api().await, claim(id));
+        calls.push(tokio::spawn(async move { w.claim_job(req).await }));
+    }
+    let (second, _, rest) = futures::future::select_all(calls).await;
+    let refused = second
+        .unwrap()
+        .expect_err("the call that found the turn taken is refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     let wait = refused
         .get_error_details()
         .retry_info()
@@ -346,11 +334,18 @@ async fn worker_calls_are_admitted_up_to_the_limit() {
         refused.message()
     );
     dispatch_testkit::redis_cli(s.redis_port, &["CLIENT", "UNPAUSE"]);
-    first
+    let first = rest.into_iter().next().unwrap();
+    let served = first
         .await
         .unwrap()
-        .expect("the first call is served once Redis resumes");
-    w2.claim_job(claim(&b.id)).await.expect("served again afterwards");
+        .expect("the call holding the turn is served once Redis resumes");
+    let served_id = served.into_inner().job.unwrap().id;
+    let other = ids.iter().find(|id| **id != served_id).unwrap();
+    s.workers_api()
+        .await
+        .claim_job(claim(other))
+        .await
+        .expect("the refused call is served when made again");
     s.stop().await;
 }
 
