@@ -321,18 +321,22 @@ impl Keys {
                 .ok()
                 .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
         };
-        let mut last = stamp(&self.path);
+        // The first check always reloads, so a change made between the load at start and this
+        // task's first look is not missed.
+        let (mut last, mut first) = (None, true);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
             let now = stamp(&self.path);
-            if now == last {
+            if !first && now == last {
                 continue;
             }
+            let quiet = std::mem::replace(&mut first, false);
             last = now;
             match self.reload() {
+                Ok(_) if quiet => {}
                 Ok(n) => tracing::info!(keys = n, file = %self.path.display(), "API keys reloaded"),
                 Err(e) => tracing::error!(error = %e, "API keys not reloaded; the keys in force stay"),
             }
