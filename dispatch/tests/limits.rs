@@ -12,6 +12,15 @@ use tonic_types::StatusExt;
 
 const T: Duration = Duration::from_secs(30);
 
+/// The delay a RESOURCE_EXHAUSTED refusal's RetryInfo asks for.
+fn retry_delay(refusal: &tonic::Status) -> Duration {
+    refusal
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo")
+}
+
 fn job(queue: &str, payload: serde_json::Value) -> pb::CreateJobRequest {
     pb::CreateJobRequest {
         queue: queue.into(),
@@ -47,11 +56,7 @@ async fn job_creation_is_rate_limited_per_key() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    let wait = err
-        .get_error_details()
-        .retry_info()
-        .and_then(|r| r.retry_delay)
-        .expect("RetryInfo");
+    let wait = retry_delay(&err);
     assert!(wait > Duration::ZERO && wait <= Duration::from_millis(200), "{wait:?}");
     let http = reqwest::Client::new()
         .post(format!("http://{}/api/job", s.http))
@@ -322,11 +327,7 @@ async fn worker_calls_are_admitted_up_to_the_limit() {
         .unwrap()
         .expect_err("the call that found the turn taken is refused");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    let wait = refused
-        .get_error_details()
-        .retry_info()
-        .and_then(|r| r.retry_delay)
-        .expect("RetryInfo");
+    let wait = retry_delay(&refused);
     assert!(wait > Duration::ZERO, "{wait:?}");
     assert!(
         refused.message().contains("limits.worker_calls"),

@@ -220,19 +220,22 @@ pub fn spawn_redis(dir: &std::path::Path, port: u16) -> Proc {
 /// Starts redis-server on `port` with its log under `dir`; `aof` turns on the append-only
 /// file (no persistence at all otherwise, as the benchmark's peers were measured).
 pub fn spawn_redis_with(dir: &std::path::Path, port: u16, aof: bool) -> Proc {
-    redis_server(
-        dir,
-        &strings(&[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            if aof { "yes" } else { "no" },
-        ]),
-    )
+    redis_server(dir, &node_args(port, aof))
+}
+
+/// The arguments every plain redis-server of the harness starts with: `port` on loopback, no
+/// snapshots, the append-only file when `aof`.
+fn node_args(port: u16, aof: bool) -> Vec<String> {
+    strings(&[
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        if aof { "yes" } else { "no" },
+    ])
 }
 
 /// A binary of this workspace (`worker`, `dispatch`), built beside the running executable
@@ -533,25 +536,16 @@ fn start_cluster(dir: &std::path::Path, masters: usize, replicas: usize, aof: bo
         let node_dir = dir.join(format!("redis-{port}"));
         std::fs::create_dir_all(&node_dir).unwrap();
         let conf = format!("nodes-{port}.conf");
-        let mut proc = redis_server(
-            &node_dir,
-            &strings(&[
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                if aof { "yes" } else { "no" },
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                &conf,
-                "--cluster-node-timeout",
-                "2000",
-            ]),
-        );
+        let mut args = node_args(port, aof);
+        args.extend(strings(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &conf,
+            "--cluster-node-timeout",
+            "2000",
+        ]));
+        let mut proc = redis_server(&node_dir, &args);
         wait_ready(
             &mut proc,
             &node_dir.join("redis.log"),
