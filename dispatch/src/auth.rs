@@ -55,17 +55,22 @@ impl std::str::FromStr for Role {
 const READ: &[Role] = &[Role::Viewer, Role::Producer, Role::Admin];
 const WRITE: &[Role] = &[Role::Producer, Role::Admin];
 const WORK: &[Role] = &[Role::Worker, Role::Admin];
+const ADMIN: &[Role] = &[Role::Admin];
 
 /// The roles that may call `rpc` (`dispatch.v1.JobService/CreateJob`, no leading slash);
 /// None for an RPC without a rule, which nobody may call.
 pub fn allowed(rpc: &str) -> Option<&'static [Role]> {
     let (service, method) = rpc.split_once('/')?;
     Some(match (service, method) {
-        ("dispatch.v1.JobService", "GetJob" | "ListJobs" | "WatchJob" | "ListQueues") => READ,
+        (
+            "dispatch.v1.JobService",
+            "GetJob" | "ListJobs" | "WatchJob" | "ListQueues" | "GetStats" | "ListWorkers",
+        ) => READ,
         ("dispatch.v1.JobService", "CreateJob" | "CreateJobs" | "CancelJob" | "RetryJob") => WRITE,
+        ("dispatch.v1.JobService", "PauseQueue" | "ResumeQueue") => ADMIN,
         (
             "dispatch.v1.WorkerService",
-            "ClaimJob" | "ClaimJobs" | "Heartbeat" | "CompleteJob" | "CompleteJobs" | "FailJob",
+            "ClaimJob" | "ClaimJobs" | "Heartbeat" | "CompleteJob" | "CompleteJobs" | "FailJob" | "Announce",
         ) => WORK,
         _ => return None,
     })

@@ -112,8 +112,10 @@ async fn sweep(
     wake: &Notify,
 ) -> Result<u64, Failure> {
     let counts = store.queue_counts().await?;
+    let paused = store.paused_queues().await?;
     let queued: Vec<(String, u64)> = counts
         .into_iter()
+        .filter(|q| !paused.contains_key(&q.name))
         .map(|q| {
             let n = q.counts.get("QUEUED").copied().unwrap_or(0);
             (q.name, n)
@@ -130,59 +132,99 @@ async fn sweep(
     let in_stream = subject_counts(&stream).await?;
     let mut written = 0;
     for (queue, n) in queued {
-        let subject = format!("job_run.{queue}");
-        let held = in_stream.get(&subject).copied().unwrap_or(0);
-        if held >= n {
-            continue;
-        }
-        // Fewer messages than QUEUED jobs. Nothing to do unless a job has waited longer than
-        // age_ms (a queue under load is always a little behind its outbox): ids are UUIDv7,
-        // so the oldest QUEUED id tells how long the oldest job exists.
-        let oldest = store
-            .list_ids(std::slice::from_ref(&queue), &[store::State::Queued], "", 1)
-            .await?;
-        let now = store.time_ms().await?;
-        if oldest
-            .first()
-            .and_then(|id| id_time_ms(id))
-            .is_some_and(|t| now.saturating_sub(t) < age_ms)
-        {
-            continue;
-        }
-        // Find out which jobs lack their message.
-        let present = if held > 0 {
-            messages_of(&stream, &subject, held).await?
-        } else {
-            HashMap::new()
-        };
-        let ids = store.queued_ids(&queue, SWEEP_SCAN).await?;
-        let mut by_partition: HashMap<Partition, Vec<SweepCandidate>> = HashMap::new();
-        for id in ids {
-            let attempts_in_stream = present.get(&id).cloned().unwrap_or_default();
-            by_partition
-                .entry(store.layout().partition_of(&id))
-                .or_default()
-                .push(SweepCandidate { id, attempts_in_stream });
-        }
-        for (p, jobs) in by_partition {
-            let mut n_p = 0;
-            for chunk in jobs.chunks(BATCH) {
-                n_p += store.sweep(p, age_ms, chunk).await?;
-            }
-            if n_p > 0 {
-                wake.notify_one();
-                tracing::info!(queue = %queue, partition = p.0, jobs = n_p, "run messages missing from the run stream written again");
-            }
-            written += n_p;
-        }
+        written += sweep_queue(store, &stream, &in_stream, &queue, n, age_ms, wake).await?;
     }
     Ok(written)
 }
 
-/// The creation time (ms since the epoch) written in a UUIDv7 job id; `None` for other ids.
-fn id_time_ms(id: &str) -> Option<u64> {
-    let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
-    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+/// Writes again the run messages of a resumed queue that its paused time lost (a worker that
+/// pulled one while the queue was paused had its claim refused and dropped it), at once.
+/// Returns how many.
+pub async fn sweep_resumed(
+    store: &Store,
+    js: &jetstream::Context,
+    run_stream: &str,
+    queue: &str,
+    wake: &Notify,
+) -> Result<u64, String> {
+    let go = async {
+        let n = store
+            .queue_counts()
+            .await?
+            .into_iter()
+            .find(|q| q.name == queue)
+            .and_then(|q| q.counts.get("QUEUED").copied())
+            .unwrap_or(0);
+        if n == 0 {
+            return Ok(0);
+        }
+        let stream = js
+            .get_stream(run_stream)
+            .await
+            .map_err(|e| Failure::Nats(e.to_string()))?;
+        let in_stream = subject_counts(&stream).await?;
+        sweep_queue(store, &stream, &in_stream, queue, n, 0, wake).await
+    };
+    go.await.map_err(|e: Failure| e.to_string())
+}
+
+/// Sweeps one queue that has `n` QUEUED jobs (see [`sweep`]).
+async fn sweep_queue(
+    store: &Store,
+    stream: &jetstream::stream::Stream,
+    in_stream: &HashMap<String, u64>,
+    queue: &str,
+    n: u64,
+    age_ms: u64,
+    wake: &Notify,
+) -> Result<u64, Failure> {
+    let subject = format!("job_run.{queue}");
+    let held = in_stream.get(&subject).copied().unwrap_or(0);
+    if held >= n {
+        return Ok(0);
+    }
+    // Fewer messages than QUEUED jobs. Nothing to do unless a job has waited longer than
+    // age_ms (a queue under load is always a little behind its outbox): ids are UUIDv7,
+    // so the oldest QUEUED id tells how long the oldest job exists.
+    let oldest = store
+        .list_ids(&[queue.to_string()], &[store::State::Queued], "", 1)
+        .await?;
+    let now = store.time_ms().await?;
+    if oldest
+        .first()
+        .and_then(|id| store::id_time_ms(id))
+        .is_some_and(|t| now.saturating_sub(t) < age_ms)
+    {
+        return Ok(0);
+    }
+    // Find out which jobs lack their message.
+    let present = if held > 0 {
+        messages_of(stream, &subject, held).await?
+    } else {
+        HashMap::new()
+    };
+    let ids = store.queued_ids(queue, SWEEP_SCAN).await?;
+    let mut by_partition: HashMap<Partition, Vec<SweepCandidate>> = HashMap::new();
+    for id in ids {
+        let attempts_in_stream = present.get(&id).cloned().unwrap_or_default();
+        by_partition
+            .entry(store.layout().partition_of(&id))
+            .or_default()
+            .push(SweepCandidate { id, attempts_in_stream });
+    }
+    let mut written = 0;
+    for (p, jobs) in by_partition {
+        let mut n_p = 0;
+        for chunk in jobs.chunks(BATCH) {
+            n_p += store.sweep(p, age_ms, chunk).await?;
+        }
+        if n_p > 0 {
+            wake.notify_one();
+            tracing::info!(queue = %queue, partition = p.0, jobs = n_p, "run messages missing from the run stream written again");
+        }
+        written += n_p;
+    }
+    Ok(written)
 }
 
 /// Messages per subject in the run stream.
@@ -266,10 +308,10 @@ mod tests {
         let layout = store::Layout { partitions: 16 };
         let before = store::now_ms();
         let id = layout.new_id(Partition(3));
-        let t = id_time_ms(&id).unwrap();
+        let t = store::id_time_ms(&id).unwrap();
         assert!(t >= before && t <= store::now_ms(), "{t} not within the call");
-        assert_eq!(id_time_ms("0190a5b2-7c3d-7e8f-9a0b-1c2d3e4f0003"), Some(0x0190a5b27c3d));
-        assert_eq!(id_time_ms("short"), None);
-        assert_eq!(id_time_ms("zzzzzzzz-zzzz"), None);
+        assert_eq!(store::id_time_ms("0190a5b2-7c3d-7e8f-9a0b-1c2d3e4f0003"), Some(0x0190a5b27c3d));
+        assert_eq!(store::id_time_ms("short"), None);
+        assert_eq!(store::id_time_ms("zzzzzzzz-zzzz"), None);
     }
 }

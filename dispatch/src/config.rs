@@ -311,6 +311,10 @@ pub struct Loops {
     /// Fault injection for tests: `false` runs no relay, as if this dispatch always died
     /// between its Redis write and its publish. Never turn it off in production.
     pub relay_enabled: bool,
+    /// How often workers announce themselves (told in every Announce reply); ListWorkers
+    /// shows a worker heard from within three intervals. A resumed queue is picked up again by
+    /// the workers within one interval.
+    pub announce_interval_ms: u64,
 }
 
 /// JetStream stream settings.
@@ -376,6 +380,7 @@ impl Default for Loops {
             relay_claim_idle_ms: 10_000,
             relay_forget_idle_ms: 600_000,
             relay_enabled: true,
+            announce_interval_ms: 2_000,
         }
     }
 }
@@ -505,6 +510,9 @@ impl Config {
         }
         if self.loops.relay_batch == 0 {
             return bad("loops.relay_batch must be positive");
+        }
+        if !(100..=60_000).contains(&self.loops.announce_interval_ms) {
+            return bad("loops.announce_interval_ms must be 100 to 60000");
         }
         if ![
             "redis://",

@@ -8,6 +8,7 @@
 //! `relay_forget_idle_ms`. A publish repeated after a crash is dropped by JetStream's
 //! `Nats-Msg-Id` de-duplication.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus;
 use crate::config::Loops;
 use crate::metrics::Metrics;
-use crate::store::{OutboxEntry, Partition, Store};
+use crate::store::{Outcome, OutboxEntry, Partition, Store};
 
 /// Runs until `shutdown` is cancelled. `wake` is notified after every local transition.
 pub async fn run(
@@ -74,7 +75,10 @@ pub async fn run(
             .enumerate()
             .flat_map(|(i, b)| b.into_iter().map(move |e| (i, e)))
             .collect();
-        let (done, failed) = publish_batch(&js, entries, &metrics).await;
+        let (done, failed, outcomes) = publish_batch(&js, entries, &metrics).await;
+        if let Err(e) = store.record_outcomes(&outcomes).await {
+            tracing::warn!(error = %e, "relay cannot count finished jobs per minute");
+        }
         let mut by_partition: Vec<(Partition, Vec<String>)> = partitions.iter().map(|p| (*p, Vec::new())).collect();
         for (i, id) in done {
             by_partition[i].1.push(id);
@@ -141,17 +145,21 @@ async fn backoff(failures: u32, shutdown: &CancellationToken) {
     }
 }
 
+/// Finished jobs per (minute start ms, queue, outcome), for the per-minute counts.
+type Outcomes = BTreeMap<(u64, String, Outcome), u64>;
+
 /// Publishes every entry (tagged with its partition's index), then waits for all acks.
 /// Returns the (partition index, stream id) of the entries published, and of undecodable ones,
-/// which would never publish, and the count that failed.
+/// which would never publish, the count that failed, and the outcomes published.
 async fn publish_batch(
     js: &jetstream::Context,
     entries: Vec<(usize, OutboxEntry)>,
     metrics: &Metrics,
-) -> (Vec<(usize, String)>, usize) {
+) -> (Vec<(usize, String)>, usize, Outcomes) {
     let mut done = Vec::with_capacity(entries.len());
     let mut acks = Vec::with_capacity(entries.len());
     let mut failed = 0;
+    let mut outcomes = Outcomes::new();
     for (part, e) in entries {
         let Some(m) = &e.msg else {
             // Deleted already (acknowledged by another relay after a takeover).
@@ -181,8 +189,12 @@ async fn publish_batch(
                 msg.headers.insert("traceparent", tp.as_str());
             }
         }
+        let outcome = Outcome::of(&m.kind, &m.state).map(|o| {
+            let ms: u64 = m.ts.parse().unwrap_or(0);
+            (ms - ms % 60_000, m.queue.clone(), o)
+        });
         match js.publish_with_headers(msg.subject, msg.headers, msg.payload).await {
-            Ok(ack) => acks.push(((part, e.stream_id), ack)),
+            Ok(ack) => acks.push(((part, e.stream_id), outcome, ack)),
             Err(err) => {
                 tracing::warn!(error = %err, "publish failed");
                 metrics.nats_errors.with_label_values(&["publish"]).inc();
@@ -192,28 +204,35 @@ async fn publish_batch(
         // The client lets only so many acks be outstanding (a publish past that waits for one
         // to be read): read them before that.
         if acks.len() >= MAX_ACKS_IN_FLIGHT {
-            failed += await_acks(std::mem::take(&mut acks), &mut done, metrics).await;
+            failed += await_acks(std::mem::take(&mut acks), &mut done, &mut outcomes, metrics).await;
         }
     }
-    failed += await_acks(acks, &mut done, metrics).await;
-    (done, failed)
+    failed += await_acks(acks, &mut done, &mut outcomes, metrics).await;
+    (done, failed, outcomes)
 }
 
 /// Publishes whose acks are read together; below async-nats's default limit of outstanding
 /// acks (5,000).
 const MAX_ACKS_IN_FLIGHT: usize = 2_048;
 
-/// Waits for `acks`; the published ones go to `done`. Returns how many failed.
-async fn await_acks(
-    acks: Vec<((usize, String), jetstream::context::PublishAckFuture)>,
-    done: &mut Vec<(usize, String)>,
-    metrics: &Metrics,
-) -> usize {
-    let results = futures::future::join_all(acks.into_iter().map(|(id, ack)| async move { (id, ack.await) })).await;
+/// A publish waiting for its ack: the entry, the outcome it reports, the ack.
+type Pending = ((usize, String), Option<(u64, String, Outcome)>, jetstream::context::PublishAckFuture);
+
+/// Waits for `acks`; the published ones go to `done` and their outcomes to `outcomes`.
+/// Returns how many failed.
+async fn await_acks(acks: Vec<Pending>, done: &mut Vec<(usize, String)>, outcomes: &mut Outcomes, metrics: &Metrics) -> usize {
+    let results =
+        futures::future::join_all(acks.into_iter().map(|(id, outcome, ack)| async move { (id, outcome, ack.await) }))
+            .await;
     let mut failed = 0;
-    for (id, r) in results {
+    for (id, outcome, r) in results {
         match r {
-            Ok(_) => done.push(id),
+            Ok(_) => {
+                done.push(id);
+                if let Some(key) = outcome {
+                    *outcomes.entry(key).or_default() += 1;
+                }
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "publish not acknowledged");
                 metrics.nats_errors.with_label_values(&["ack"]).inc();

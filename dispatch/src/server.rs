@@ -129,6 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let shared = Shared {
         store: store.clone(),
+        js: js.clone(),
         limits: Limits {
             defaults: config.jobs.clone(),
         },

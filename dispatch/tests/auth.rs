@@ -24,8 +24,12 @@ fn expected_roles(rpc: &str) -> Option<Vec<Role>> {
     use Role::*;
     let (service, method) = rpc.split_once('/')?;
     Some(match (service, method) {
-        ("dispatch.v1.JobService", "GetJob" | "ListJobs" | "WatchJob" | "ListQueues") => vec![Viewer, Producer, Admin],
+        (
+            "dispatch.v1.JobService",
+            "GetJob" | "ListJobs" | "WatchJob" | "ListQueues" | "GetStats" | "ListWorkers",
+        ) => vec![Viewer, Producer, Admin],
         ("dispatch.v1.JobService", "CreateJob" | "CreateJobs" | "CancelJob" | "RetryJob") => vec![Producer, Admin],
+        ("dispatch.v1.JobService", "PauseQueue" | "ResumeQueue") => vec![Admin],
         ("dispatch.v1.WorkerService", _) => vec![Worker, Admin],
         _ => return None,
     })
@@ -135,7 +139,7 @@ async fn every_rpc_checks_its_roles_on_grpc() {
     let (s, _dir, _file, tokens) = stack_with_keys().await;
     let channel = Channel::from_shared(s.url()).unwrap().connect().await.unwrap();
     let rpcs = all_rpcs();
-    assert!(rpcs.len() >= 14, "descriptors list {} RPCs", rpcs.len());
+    assert!(rpcs.len() >= 19, "descriptors list {} RPCs", rpcs.len());
     let mut rows = Vec::new();
     for (rpc, streaming) in &rpcs {
         let expected = expected_roles(rpc).unwrap_or_else(|| panic!("{rpc} is missing from the role table"));

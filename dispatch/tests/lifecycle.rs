@@ -420,3 +420,198 @@ async fn http_fetch_handler_returns_status_and_body() {
     assert!(failed.error.unwrap().message.contains("no handler"));
     s.stop().await;
 }
+
+/// Messages on `job_run.<queue>` in the run stream.
+async fn run_messages(s: &Stack, queue: &str) -> u64 {
+    let js = async_nats::jetstream::new(s.nats_client().await);
+    let stream = js.get_stream("DISPATCH_RUN").await.unwrap();
+    let mut subjects = stream.info_with_subjects(format!("job_run.{queue}")).await.unwrap();
+    let mut n = 0;
+    while let Some(Ok((_, count))) = futures::StreamExt::next(&mut subjects).await {
+        n += count as u64;
+    }
+    n
+}
+
+/// The worker's announcements as ListWorkers shows them: (worker id, last seen).
+async fn last_seen(s: &Stack, worker_id: &str) -> Option<pbjson_types::Timestamp> {
+    let workers = s
+        .jobs()
+        .await
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .workers;
+    workers.into_iter().find(|w| w.worker_id == worker_id)?.last_seen
+}
+
+/// Waits until the worker has announced itself `n` more times (time passes, evidenced by the
+/// worker itself, with no sleep).
+async fn announcements(s: &Stack, worker_id: &str, n: usize) {
+    let mut seen = last_seen(s, worker_id).await;
+    for _ in 0..n {
+        let before = seen.clone();
+        seen = eventually("another announcement", T, || async {
+            let now = last_seen(s, worker_id).await;
+            (now.is_some() && now != before).then_some(now)
+        })
+        .await;
+    }
+}
+
+async fn queue_info(s: &Stack, name: &str) -> Option<pb::QueueInfo> {
+    let queues = s.jobs().await.list_queues(pb::ListQueuesRequest {}).await.unwrap().into_inner().queues;
+    queues.into_iter().find(|q| q.name == name)
+}
+
+/// Pass: a queue paused before its jobs arrive keeps them QUEUED on attempt 1 while a worker
+/// that listens on it keeps announcing (its run messages stay in the stream: nothing pulled,
+/// nothing refused, nothing re-published); a claim is refused naming the pause; ListQueues and
+/// ListWorkers show it; resumed, the jobs run oldest first and the per-minute counts see them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_queue_keeps_its_jobs_queued_and_resume_runs_them_in_order() {
+    let mut s = Stack::start_with(|c| c.loops.announce_interval_ms = 200).await;
+    let mut jobs = s.jobs().await;
+    let paused = jobs
+        .pause_queue(pb::PauseQueueRequest { name: "slow".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .unwrap();
+    assert!(paused.paused && paused.paused_at.is_some(), "{paused:?}");
+    assert_eq!(paused.depth, 0);
+    let worker = s.worker_config(&[("slow", 1)]).worker_id;
+    s.spawn_builtin_worker(&[("slow", 1)]);
+    // One at a time, each published before the next is created: the run stream's order is
+    // the creation order (across partitions the relay publishes in batches).
+    let mut ids = Vec::new();
+    for i in 0..5u64 {
+        ids.push(s.create(json!({"queue":"slow","type":"noop","payload":{"i":i}})).await.job.unwrap().id);
+        eventually("the run message in the stream", T, || async {
+            (run_messages(&s, "slow").await == i + 1).then_some(())
+        })
+        .await;
+    }
+    announcements(&s, &worker, 3).await;
+    for id in &ids {
+        let j = s.get(id).await;
+        assert_eq!((j.state, j.attempt), (JobState::Queued as i32, 1), "{id}");
+    }
+    assert_eq!(run_messages(&s, "slow").await, 5, "the worker pulled a paused queue's messages");
+    let refused = s
+        .workers_api()
+        .await
+        .claim_job(pb::ClaimJobRequest {
+            job_id: ids[0].clone(),
+            attempt: 1,
+            worker_id: "w".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(refused.message(), "queue slow is paused");
+    let info = queue_info(&s, "slow").await.unwrap();
+    assert!(info.paused);
+    assert_eq!(info.depth, 5);
+    assert!(info.oldest_queued_created_at.is_some());
+    let listed = s.jobs().await.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner();
+    let w = listed.workers.iter().find(|w| w.worker_id == worker).unwrap();
+    assert_eq!(w.queues.get("slow"), Some(&1));
+    assert!(w.version.starts_with("dispatch-worker "), "{w:?}");
+
+    let resumed = jobs
+        .resume_queue(pb::ResumeQueueRequest { name: "slow".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .unwrap();
+    assert!(!resumed.paused && resumed.paused_at.is_none());
+    let mut started = Vec::new();
+    for id in &ids {
+        let j = s.wait_state(id, JobState::Succeeded, T).await;
+        assert_eq!(j.attempt, 1, "a pause used an attempt of {id}");
+        let t = j.started_at.unwrap();
+        started.push((t.seconds, t.nanos));
+    }
+    assert!(started.windows(2).all(|w| w[0] <= w[1]), "not run oldest first: {started:?}");
+    assert!(!queue_info(&s, "slow").await.unwrap().paused);
+    eventually("the per-minute counts to see five successes", T, || {
+        let mut jobs = jobs.clone();
+        async move {
+            let stats = jobs
+                .get_stats(pb::GetStatsRequest { queue: "slow".into(), minutes: 5 })
+                .await
+                .ok()?
+                .into_inner();
+            assert_eq!(stats.minutes.len(), 5);
+            (stats.minutes.iter().map(|m| m.succeeded).sum::<u64>() == 5).then_some(())
+        }
+    })
+    .await;
+    s.stop().await;
+}
+
+/// Pass: a worker that knows nothing of pauses takes a paused queue's run message, has its
+/// claim refused and drops it; the sweeper leaves the job alone while the queue is paused, and
+/// resuming writes its run message again at once, so it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_message_dropped_while_paused_is_written_again_on_resume() {
+    let mut s = Stack::start_with(|c| {
+        c.loops.announce_interval_ms = 200;
+        c.loops.sweep_after_ms = 100;
+    })
+    .await;
+    let mut jobs = s.jobs().await;
+    jobs.pause_queue(pb::PauseQueueRequest { name: "default".into() }).await.unwrap();
+    let id = s.create(json!({"queue":"default","type":"noop"})).await.job.unwrap().id;
+    // A foreign worker: pull, claim (refused), ack.
+    let js = async_nats::jetstream::new(s.nats_client().await);
+    let stream = js.get_stream("DISPATCH_RUN").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("foreign".into()),
+            filter_subject: "job_run.default".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let msg = eventually("the run message", T, || {
+        let c = consumer.clone();
+        async move {
+            let mut batch = c.fetch().max_messages(1).messages().await.ok()?;
+            futures::StreamExt::next(&mut batch).await?.ok()
+        }
+    })
+    .await;
+    let e = s
+        .workers_api()
+        .await
+        .claim_job(pb::ClaimJobRequest {
+            job_id: id.clone(),
+            attempt: 1,
+            worker_id: "foreign".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    msg.ack().await.unwrap();
+    eventually("the message gone", T, || async { (run_messages(&s, "default").await == 0).then_some(()) }).await;
+    // A work-queue stream takes one consumer per subject: the foreign worker leaves.
+    stream.delete_consumer("foreign").await.unwrap();
+    // A pause-aware worker on the queue; the sweeper (every 200 ms, after 100 ms) runs while
+    // it announces three times and must not write the message again.
+    let worker = s.worker_config(&[("default", 2)]).worker_id;
+    s.spawn_builtin_worker(&[("default", 2)]);
+    announcements(&s, &worker, 3).await;
+    assert_eq!(run_messages(&s, "default").await, 0, "re-published while paused");
+    assert_eq!(s.get(&id).await.state, JobState::Queued as i32);
+    jobs.resume_queue(pb::ResumeQueueRequest { name: "default".into() }).await.unwrap();
+    let done = s.wait_state(&id, JobState::Succeeded, T).await;
+    assert_eq!(done.attempt, 1);
+    s.stop().await;
+}

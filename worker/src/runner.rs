@@ -1,6 +1,6 @@
 //! The worker loop: pull, claim, run, heartbeat, report, drain.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use dispatch_client::pb::{self, worker_service_client::WorkerServiceClient};
 use futures::FutureExt;
 use futures::StreamExt;
 use prost::Message;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Code;
@@ -73,7 +73,17 @@ pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: Cancell
     // Cancelled when the grace period is over: running jobs are handed back.
     let hand_back = CancellationToken::new();
     let reporter = Reporter::start(client.clone());
+    // The paused queues, as the last Announce reply (or a claim refused for a pause) said.
+    // The first announcement is made before any pull, so a queue paused before the worker
+    // started is never pulled.
+    let (paused, _) = watch::channel(BTreeSet::new());
+    let mut announcer = Announcer::new(client.clone(), cfg.clone(), paused.clone());
+    tokio::select! {
+        _ = announcer.once(0) => {}
+        _ = shutdown.cancelled() => return Ok(()),
+    }
     let mut pullers = Vec::new();
+    let mut slots_of = Vec::new();
     for (queue, concurrency) in &cfg.queues {
         let consumer = stream
             .get_or_create_consumer(
@@ -89,12 +99,16 @@ pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: Cancell
             )
             .await
             .map_err(|e| anyhow::anyhow!("creating consumer for queue {queue}: {e}"))?;
+        let slots = Arc::new(Semaphore::new((*concurrency).max(1)));
+        slots_of.push(((*concurrency).max(1), slots.clone()));
         let ctx = Puller {
+            queue: queue.clone(),
+            paused: paused.clone(),
             consumer,
             client: client.clone(),
             handlers: handlers.clone(),
             cfg: cfg.clone(),
-            slots: Arc::new(Semaphore::new((*concurrency).max(1))),
+            slots,
             tracker: tracker.clone(),
             hand_back: hand_back.clone(),
             metrics: metrics.clone(),
@@ -102,11 +116,13 @@ pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: Cancell
         };
         pullers.push(tokio::spawn(ctx.run(shutdown.clone())));
     }
+    let announcer = tokio::spawn(announcer.run(slots_of, shutdown.clone()));
     tracing::info!(worker_id = %cfg.worker_id, queues = ?cfg.queues, "worker started");
     shutdown.cancelled().await;
     for p in pullers {
         let _ = p.await;
     }
+    let _ = announcer.await;
     tracker.close();
     tracing::info!(in_flight = tracker.len(), grace = ?cfg.drain_grace, "draining");
     if tokio::time::timeout(cfg.drain_grace, tracker.wait()).await.is_err() {
@@ -119,6 +135,8 @@ pub(crate) async fn run(cfg: WorkerConfig, handlers: Handlers, shutdown: Cancell
 }
 
 struct Puller {
+    queue: String,
+    paused: watch::Sender<BTreeSet<String>>,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     client: Client,
     handlers: Handlers,
@@ -132,7 +150,19 @@ struct Puller {
 
 impl Puller {
     async fn run(self, shutdown: CancellationToken) {
+        let mut pauses = self.paused.subscribe();
         loop {
+            // A paused queue's run messages stay in the stream until it is resumed.
+            if pauses.borrow_and_update().contains(&self.queue) {
+                tracing::info!(queue = %self.queue, "queue paused: not taking its jobs until it is resumed");
+                while pauses.borrow_and_update().contains(&self.queue) {
+                    tokio::select! {
+                        r = pauses.changed() => if r.is_err() { return },
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+                tracing::info!(queue = %self.queue, "queue resumed");
+            }
             // Wait for at least one free slot, then take every free one.
             let first = tokio::select! {
                 p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -180,6 +210,7 @@ impl Puller {
                     }
                 }
                 let runner = JobRunner {
+                    paused: self.paused.clone(),
                     client: self.client.clone(),
                     handlers: self.handlers.clone(),
                     cfg: self.cfg.clone(),
@@ -200,6 +231,7 @@ type Pulled = (jetstream::Message, OwnedSemaphorePermit);
 
 #[derive(Clone)]
 struct JobRunner {
+    paused: watch::Sender<BTreeSet<String>>,
     client: Client,
     handlers: Handlers,
     cfg: WorkerConfig,
@@ -279,7 +311,7 @@ impl JobRunner {
             }
             other => {
                 if let Err(s) = &other {
-                    tracing::warn!(error = %s, jobs = items.len(), "claim failed; messages will be redelivered");
+                    tracing::warn!(dispatch = %self.cfg.dispatch_url, code = ?s.code(), error = %s.message(), jobs = items.len(), "claim failed; messages will be redelivered");
                 }
                 self.metrics.errors.with_label_values(&["claim"]).inc();
                 for (.., msg, _) in items {
@@ -388,10 +420,14 @@ impl JobRunner {
     async fn not_claimed(&self, queue: &str, msg: jetstream::Message, code: Code, reason: &str) {
         if matches!(code, Code::FailedPrecondition | Code::NotFound) {
             tracing::debug!(reason, "claim refused; message dropped");
+            if reason == format!("queue {queue} is paused") {
+                // Dispatch writes the dropped messages again when the queue is resumed.
+                self.paused.send_if_modified(|p| p.insert(queue.to_string()));
+            }
             self.metrics.claims_refused.with_label_values(&[queue]).inc();
             let _ = msg.ack().await;
         } else {
-            tracing::warn!(?code, reason, "claim failed; message will be redelivered");
+            tracing::warn!(dispatch = %self.cfg.dispatch_url, ?code, reason, "claim failed; message will be redelivered");
             self.metrics.errors.with_label_values(&["claim"]).inc();
             let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
@@ -651,6 +687,103 @@ async fn heartbeat(
                 return;
             }
             Err(s) => tracing::warn!(job_id = %ctx.job.id, error = %s, "heartbeat failed; will retry"),
+        }
+    }
+}
+
+/// Announces the worker to dispatch every interval (dispatch's reply says how often), and
+/// keeps `paused` to the paused queues the reply names. While dispatch cannot be reached the
+/// worker says so at WARN, naming it, once a minute.
+struct Announcer {
+    client: Client,
+    cfg: WorkerConfig,
+    paused: watch::Sender<BTreeSet<String>>,
+    started: Duration,
+    hostname: String,
+    interval: Duration,
+    last_warning: Option<std::time::Instant>,
+    /// False once dispatch said it takes no announcements (an older version).
+    on: bool,
+}
+
+impl Announcer {
+    fn new(client: Client, cfg: WorkerConfig, paused: watch::Sender<BTreeSet<String>>) -> Self {
+        Announcer {
+            client,
+            cfg,
+            paused,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            interval: Duration::from_secs(2),
+            last_warning: None,
+            on: true,
+        }
+    }
+
+    async fn run(mut self, slots: Vec<(usize, Arc<Semaphore>)>, shutdown: CancellationToken) {
+        while self.on {
+            let in_flight = slots
+                .iter()
+                .map(|(n, s)| n.saturating_sub(s.available_permits()) as u32)
+                .sum();
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            self.once(in_flight).await;
+        }
+    }
+
+    /// One announcement; the paused queues updated from its reply.
+    async fn once(&mut self, in_flight: u32) {
+        let req = pb::AnnounceRequest {
+            worker_id: self.cfg.worker_id.clone(),
+            queues: self
+                .cfg
+                .queues
+                .iter()
+                .map(|(q, c)| (q.clone(), (*c).max(1) as u32))
+                .collect(),
+            in_flight,
+            hostname: self.hostname.clone(),
+            version: concat!("dispatch-worker ", env!("CARGO_PKG_VERSION")).to_string(),
+            started_at: Some(pbjson_types::Timestamp {
+                seconds: self.started.as_secs() as i64,
+                nanos: self.started.subsec_nanos() as i32,
+            }),
+        };
+        match self.client.clone().announce(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                if self.last_warning.take().is_some() {
+                    tracing::info!(dispatch = %self.cfg.dispatch_url, "dispatch reachable again");
+                }
+                let now: BTreeSet<String> = r.paused_queues.into_iter().collect();
+                self.paused.send_if_modified(|p| {
+                    let changed = *p != now;
+                    *p = now;
+                    changed
+                });
+                if let Some(d) = std_duration(r.interval.as_ref()).filter(|d| !d.is_zero()) {
+                    self.interval = d;
+                }
+            }
+            Err(s) if s.code() == Code::Unimplemented => {
+                tracing::info!("dispatch does not take announcements (an older version); not announcing");
+                self.on = false;
+            }
+            Err(s) => {
+                if self.last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!(dispatch = %self.cfg.dispatch_url, code = ?s.code(), error = %s.message(), "cannot reach dispatch; retrying");
+                    self.last_warning = Some(std::time::Instant::now());
+                }
+            }
         }
     }
 }

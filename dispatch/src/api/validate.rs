@@ -89,6 +89,11 @@ pub fn job_id(errs: &mut FieldErrors, field: &str, v: &str) {
     }
 }
 
+/// Checks a queue name (required).
+pub fn queue_name(errs: &mut FieldErrors, field: &str, v: &str) {
+    check_name(errs, field, v, "");
+}
+
 /// Checks a worker id.
 pub fn worker_id(errs: &mut FieldErrors, field: &str, v: &str) {
     check_name(errs, field, v, ".:");

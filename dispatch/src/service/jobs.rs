@@ -343,24 +343,169 @@ impl JobService for JobApi {
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         let span = super::rpc_span("dispatch.v1.JobService/ListQueues", req.metadata());
         async move {
-            let queues = self.0.store.queue_counts().await.map_err(|e| self.0.store_err(e))?;
-            let c = |q: &store::QueueCounts, s: State| q.counts.get(s.as_str()).copied().unwrap_or(0);
-            Ok(Response::new(pb::ListQueuesResponse {
-                queues: queues
-                    .iter()
-                    .map(|q| pb::QueueInfo {
-                        name: q.name.clone(),
-                        depth: c(q, State::Queued),
-                        scheduled: c(q, State::Scheduled),
-                        running: c(q, State::Running),
-                        succeeded: c(q, State::Succeeded),
-                        failed: c(q, State::Failed),
-                        cancelled: c(q, State::Cancelled),
+            let queues = self.queue_infos(None).await?;
+            Ok(Response::new(pb::ListQueuesResponse { queues }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn pause_queue(&self, req: Request<pb::PauseQueueRequest>) -> Result<Response<pb::PauseQueueResponse>, Status> {
+        let span = super::rpc_span("dispatch.v1.JobService/PauseQueue", req.metadata());
+        async move {
+            let key = super::key_name(req.extensions()).to_string();
+            let name = req.into_inner().name;
+            let mut errs = FieldErrors::default();
+            validate::queue_name(&mut errs, "name", &name);
+            errs.into_result(())?;
+            self.0.store.pause_queue(&name).await.map_err(|e| self.0.store_err(e))?;
+            tracing::warn!(audit = true, key = %key, queue = %name, "queue paused");
+            let queue = self.queue_infos(Some(&name)).await?.pop();
+            Ok(Response::new(pb::PauseQueueResponse { queue }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn resume_queue(
+        &self,
+        req: Request<pb::ResumeQueueRequest>,
+    ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
+        let span = super::rpc_span("dispatch.v1.JobService/ResumeQueue", req.metadata());
+        async move {
+            let key = super::key_name(req.extensions()).to_string();
+            let name = req.into_inner().name;
+            let mut errs = FieldErrors::default();
+            validate::queue_name(&mut errs, "name", &name);
+            errs.into_result(())?;
+            let was = self.0.store.resume_queue(&name).await.map_err(|e| self.0.store_err(e))?;
+            if was {
+                tracing::warn!(audit = true, key = %key, queue = %name, "queue resumed");
+                // Run messages dropped while it was paused are written again now, not after the
+                // sweeper's age limit; a failure here is repaired by the sweeper later.
+                let s = &self.0;
+                match crate::background::sweep_resumed(&s.store, &s.js, &s.config.streams.run_stream, &name, &s.relay_wake)
+                    .await
+                {
+                    Ok(n) if n > 0 => tracing::info!(queue = %name, jobs = n, "run messages written again on resume"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(queue = %name, error = %e, "resumed queue not swept; the sweeper will"),
+                }
+            }
+            let queue = self.queue_infos(Some(&name)).await?.pop();
+            Ok(Response::new(pb::ResumeQueueResponse { queue }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_stats(&self, req: Request<pb::GetStatsRequest>) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let span = super::rpc_span("dispatch.v1.JobService/GetStats", req.metadata());
+        async move {
+            let r = req.into_inner();
+            let mut errs = FieldErrors::default();
+            if !r.queue.is_empty() {
+                validate::queue_name(&mut errs, "queue", &r.queue);
+            }
+            if u64::from(r.minutes) > store::STATS_MINUTES {
+                errs.add("minutes", format!("must be 0 to {} (0 means 60)", store::STATS_MINUTES));
+            }
+            errs.into_result(())?;
+            let minutes = if r.minutes == 0 { 60 } else { u64::from(r.minutes) };
+            let stats = self.0.store.stats(&r.queue, minutes).await.map_err(|e| self.0.store_err(e))?;
+            Ok(Response::new(pb::GetStatsResponse {
+                minutes: stats
+                    .into_iter()
+                    .map(|m| pb::StatsMinute {
+                        start: Some(api::ts(m.start_ms)),
+                        succeeded: m.succeeded,
+                        failed: m.failed,
+                        retried: m.retried,
+                        cancelled: m.cancelled,
                     })
                     .collect(),
             }))
         }
         .instrument(span)
         .await
+    }
+
+    async fn list_workers(
+        &self,
+        req: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let span = super::rpc_span("dispatch.v1.JobService/ListWorkers", req.metadata());
+        async move {
+            let all = self.0.store.workers().await.map_err(|e| self.0.store_err(e))?;
+            let horizon = 3 * self.0.config.loops.announce_interval_ms;
+            let now = store::now_ms();
+            let mut stale = Vec::new();
+            let mut workers = Vec::new();
+            for (id, json) in all {
+                match serde_json::from_str::<super::workers::Announced>(&json) {
+                    Ok(w) if now.saturating_sub(w.last_seen_ms) <= horizon => workers.push(w.to_pb()),
+                    _ => stale.push(id),
+                }
+            }
+            // Gone workers are forgotten a while after they stop announcing, so the hash only
+            // holds the live ones and those that just left.
+            let forget: Vec<String> = stale;
+            if !forget.is_empty() {
+                let _ = self.0.store.forget_workers(&forget).await;
+            }
+            Ok(Response::new(pb::ListWorkersResponse { workers }))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl JobApi {
+    /// Every queue's counts (or just `only`'s), with its pause and its oldest QUEUED job. A
+    /// paused queue is listed even with no job.
+    async fn queue_infos(&self, only: Option<&str>) -> Result<Vec<pb::QueueInfo>, Status> {
+        let store = &self.0.store;
+        let (counts, paused) = tokio::try_join!(store.queue_counts(), store.paused_queues())
+            .map_err(|e| self.0.store_err(e))?;
+        let mut by_name: std::collections::BTreeMap<String, Option<store::QueueCounts>> = counts
+            .into_iter()
+            .map(|q| (q.name.clone(), Some(q)))
+            .collect();
+        for q in paused.keys() {
+            by_name.entry(q.clone()).or_insert(None);
+        }
+        if let Some(name) = only {
+            by_name.retain(|q, _| q == name);
+            by_name.entry(name.to_string()).or_insert(None);
+        }
+        let waiting: Vec<String> = by_name
+            .iter()
+            .filter(|(_, c)| c.as_ref().is_some_and(|c| c.counts.get("QUEUED").copied().unwrap_or(0) > 0))
+            .map(|(q, _)| q.clone())
+            .collect();
+        let oldest = store.oldest_queued(&waiting).await.map_err(|e| self.0.store_err(e))?;
+        Ok(by_name
+            .into_iter()
+            .map(|(name, counts)| {
+                let c = |s: State| {
+                    counts
+                        .as_ref()
+                        .and_then(|q| q.counts.get(s.as_str()).copied())
+                        .unwrap_or(0)
+                };
+                pb::QueueInfo {
+                    depth: c(State::Queued),
+                    scheduled: c(State::Scheduled),
+                    running: c(State::Running),
+                    succeeded: c(State::Succeeded),
+                    failed: c(State::Failed),
+                    cancelled: c(State::Cancelled),
+                    paused: paused.contains_key(&name),
+                    paused_at: paused.get(&name).map(|ms| api::ts(*ms)),
+                    oldest_queued_created_at: oldest.get(&name).map(|ms| api::ts(*ms)),
+                    name,
+                }
+            })
+            .collect())
     }
 }

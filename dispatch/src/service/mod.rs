@@ -20,6 +20,8 @@ pub use workers::WorkerApi;
 #[derive(Clone)]
 pub struct Shared {
     pub store: Store,
+    /// JetStream, for writing again the run messages of a resumed queue.
+    pub js: async_nats::jetstream::Context,
     pub limits: Limits,
     pub config: Arc<Config>,
     /// Wakes the local outbox relay after a transition wrote to an outbox.

@@ -387,4 +387,80 @@ impl WorkerService for WorkerApi {
         .instrument(span)
         .await
     }
+
+    async fn announce(&self, req: Request<pb::AnnounceRequest>) -> Result<Response<pb::AnnounceResponse>, Status> {
+        let span = super::rpc_span("dispatch.v1.WorkerService/Announce", req.metadata());
+        async move {
+            let _turn = self.0.worker_turn().await?;
+            let r = req.into_inner();
+            let mut errs = FieldErrors::default();
+            validate::worker_id(&mut errs, "worker_id", &r.worker_id);
+            if r.queues.len() > 256 {
+                errs.add("queues", "must name at most 256 queues");
+            }
+            for q in r.queues.keys() {
+                validate::queue_name(&mut errs, &format!("queues[{q}]"), q);
+            }
+            if r.hostname.len() > 256 {
+                errs.add("hostname", "must be at most 256 characters");
+            }
+            if r.version.len() > 256 {
+                errs.add("version", "must be at most 256 characters");
+            }
+            errs.into_result(())?;
+            let started_at_ms = r
+                .started_at
+                .as_ref()
+                .filter(|t| t.seconds >= 0)
+                .map(|t| t.seconds as u64 * 1000 + (t.nanos.max(0) as u64) / 1_000_000)
+                .unwrap_or(0);
+            let record = Announced {
+                worker_id: r.worker_id.clone(),
+                queues: r.queues.into_iter().collect(),
+                in_flight: r.in_flight,
+                hostname: r.hostname,
+                version: r.version,
+                started_at_ms,
+                last_seen_ms: crate::store::now_ms(),
+            };
+            let json = serde_json::to_string(&record).map_err(|e| Status::internal(e.to_string()))?;
+            let store = &self.0.store;
+            let (_, paused) = tokio::try_join!(store.announce_worker(&r.worker_id, &json), store.paused_queues())
+                .map_err(|e| self.0.store_err(e))?;
+            Ok(Response::new(pb::AnnounceResponse {
+                paused_queues: paused.into_keys().collect(),
+                interval: Some(api::dur(self.0.config.loops.announce_interval_ms)),
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// A worker's last announcement, as stored.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct Announced {
+    pub worker_id: String,
+    pub queues: std::collections::BTreeMap<String, u32>,
+    pub in_flight: u32,
+    pub hostname: String,
+    pub version: String,
+    /// 0 when the worker did not say.
+    pub started_at_ms: u64,
+    /// By the clock of the dispatch that heard it.
+    pub last_seen_ms: u64,
+}
+
+impl Announced {
+    pub(super) fn to_pb(&self) -> pb::WorkerInfo {
+        pb::WorkerInfo {
+            worker_id: self.worker_id.clone(),
+            queues: self.queues.clone().into_iter().collect(),
+            in_flight: self.in_flight,
+            hostname: self.hostname.clone(),
+            version: self.version.clone(),
+            started_at: (self.started_at_ms > 0).then(|| api::ts(self.started_at_ms)),
+            last_seen: Some(api::ts(self.last_seen_ms)),
+        }
+    }
 }

@@ -15,6 +15,13 @@ use super::State;
 pub const PREFIX: &str = "dispatch:";
 /// The key holding the layout version and partition count of this Redis.
 pub const META: &str = "dispatch:{meta}";
+/// When each paused queue was paused (a hash, queue → ms): what ListQueues shows. The
+/// partitions' `paused` sets are what claims obey.
+pub const PAUSED: &str = "dispatch:{meta}:paused";
+/// Jobs finished per minute: `dispatch:{stats}:<minute>` hashes, field `<queue>|<outcome>`.
+pub const STATS_PREFIX: &str = "dispatch:{stats}:";
+/// The workers that announced themselves (a hash, worker id → JSON).
+pub const WORKERS: &str = "dispatch:{workers}";
 /// The layout these scripts read and write.
 pub const LAYOUT_VERSION: &str = "2";
 /// Keys of the layout before partitions (layout 1); their presence stops the start-up.
@@ -27,7 +34,8 @@ pub const LEGACY_KEYS: [&str; 5] = [
 ];
 
 /// One partition. Its keys (see lib.lua for what each holds):
-/// `timers`, `idx:<STATE>` (six), `outbox`, `queues`, then per job `job:<id>` and `job:<id>:p`.
+/// `timers`, `idx:<STATE>` (six), `outbox`, `queues`, `paused`, then per job `job:<id>` and
+/// `job:<id>:p`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Partition(pub u16);
 
@@ -66,18 +74,24 @@ impl Partition {
         self.key("queues")
     }
 
+    /// Names of the paused queues (the same in every partition; claims check it).
+    pub fn paused(self) -> String {
+        self.key("paused")
+    }
+
     /// The job id of an idempotency key.
     pub fn idem(self, queue: &str, key: &str) -> String {
         format!("{PREFIX}{{p{}}}:idem:{queue}:{key}", self.0)
     }
 
-    /// The keys every script gets first, in this order (KEYS[1..9] in lib.lua).
+    /// The keys every script gets first, in this order (KEYS[1..10] in lib.lua).
     pub fn header(self) -> Vec<String> {
-        let mut keys = Vec::with_capacity(9);
+        let mut keys = Vec::with_capacity(10);
         keys.push(self.timers());
         keys.extend(State::ALL.iter().map(|s| self.idx(*s)));
         keys.push(self.outbox());
         keys.push(self.queues());
+        keys.push(self.paused());
         keys
     }
 }

@@ -8,11 +8,13 @@
 //! - `queries`: reads across partitions (get, history, list, queue counts);
 //! - `timers`: the background steps (schedules, leases, retention) and the sweeper's writes;
 //! - `outbox`: what the relay reads and deletes;
+//! - `queues`: paused queues, jobs finished per minute, announced workers;
 //! - `record`: the domain types parsed from a record.
 
 mod keys;
 mod outbox;
 mod queries;
+mod queues;
 mod record;
 mod timers;
 mod transitions;
@@ -28,6 +30,7 @@ use fred::types::{CustomCommand, FromValue, Value};
 
 pub use keys::{LEGACY_KEYS, Layout, META, PREFIX, Partition};
 pub use outbox::{OUTBOX_GROUP, OutboxEntry, OutboxMsg};
+pub use queues::{MinuteStats, Outcome, STATS_MINUTES};
 pub use record::{Backoff, HistoryEvent, JobError, JobRecord, NewJob, QueueCounts, State};
 pub use timers::{SweepCandidate, Tick};
 pub use transitions::{Beat, Claim, Completed, Created};
@@ -155,6 +158,12 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The creation time (ms since the epoch) written in a UUIDv7 job id; `None` for other ids.
+pub fn id_time_ms(id: &str) -> Option<u64> {
+    let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
 }
 
 fn cmd(name: &'static str) -> CustomCommand {

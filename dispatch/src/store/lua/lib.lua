@@ -8,6 +8,7 @@
 --                                                 (by queue, then id, which is time-ordered)
 --   KEYS[8]    dispatch:{p7}:outbox        STREAM messages waiting for the relay to publish
 --   KEYS[9]    dispatch:{p7}:queues        SET    queues with jobs in this partition
+--   KEYS[10]   dispatch:{p7}:paused        SET    paused queues (the same in every partition)
 --   then per job, as each script says:
 --              dispatch:{p7}:job:<id>      HASH   the record, and its history: field h<seq> per
 --                                                 transition, "state|attempt|worker_id|ts|error",
@@ -24,10 +25,10 @@
 -- Fields left at their default are not stored (retry_base 0, cancel_requested 0, empty
 -- idem_key, labels, traceparent): each field costs memory in every record.
 -- A change to a job is announced on the channel named like its record key, to wake WatchJob.
-local TIMERS, OUTBOX, QUEUES = KEYS[1], KEYS[8], KEYS[9]
+local TIMERS, OUTBOX, QUEUES, PAUSED = KEYS[1], KEYS[8], KEYS[9], KEYS[10]
 local IDX = { SCHEDULED = KEYS[2], QUEUED = KEYS[3], RUNNING = KEYS[4], SUCCEEDED = KEYS[5], FAILED = KEYS[6],
   CANCELLED = KEYS[7] }
-local HEADER = 9
+local HEADER = 10
 local RETENTION = ARGV[1]
 -- The default retention, parsed once per call ("succeeded|failed|cancelled" ms).
 local RET_S, RET_F, RET_C = string.match(RETENTION, '^(%d+)|(%d+)|(%d+)$')
@@ -230,6 +231,9 @@ local function claim_job(rk, id, attempt, worker_id, lease_id, lease_ms, now)
   if not job then return 'NOT_FOUND' end
   if job.state ~= 'QUEUED' or job.attempt ~= attempt then
     return 'FAILED_PRECONDITION', 'job is ' .. job.state .. ' on attempt ' .. job.attempt
+  end
+  if redis.call('SISMEMBER', PAUSED, job.queue) == 1 then
+    return 'FAILED_PRECONDITION', 'queue ' .. job.queue .. ' is paused'
   end
   -- As a string once (Lua formats a number with sprintf each time it becomes one).
   local deadline = tostring(tonumber(now) + tonumber(lease_ms))

@@ -3,7 +3,8 @@
 -- than the queue has QUEUED jobs, with the attempts the stream holds for each. A job is left
 -- alone when the stream holds its attempt, when it was queued (or swept) less than age_ms
 -- ago, or when its run message may still be in this partition's outbox (queued after the
--- oldest entry waiting there).
+-- oldest entry waiting there), or when its queue is paused (its claims are refused, so a
+-- worker that took the message dropped it: resuming writes it again).
 -- KEYS: the partition's (lib.lua), then per job: record
 -- ARGV: retention, age_ms, then per job: id, attempts in the stream (",1,2," or ",")
 -- Reply: number of run messages written again.
@@ -20,7 +21,8 @@ for i = 0, (#ARGV - 2) / 2 - 1 do
   local rk = KEYS[HEADER + 1 + i]
   local job = load(rk, id, { 'type', 'attempt', 'traceparent', 'updated_at', 'swept_at' })
   if job and job.state == 'QUEUED' and not string.find(present, ',' .. job.attempt .. ',', 1, true)
-      and tonumber(job.swept_at or job.updated_at) <= cutoff then
+      and tonumber(job.swept_at or job.updated_at) <= cutoff
+      and redis.call('SISMEMBER', PAUSED, job.queue) == 0 then
     local sweeps = redis.call('HINCRBY', rk, 'sweeps', 1)
     redis.call('HSET', rk, 'swept_at', now)
     outbox(job, 'run', job.attempt, now, nil, nil, 0, ':s' .. sweeps)
