@@ -94,6 +94,11 @@ pub fn queue_name(errs: &mut FieldErrors, field: &str, v: &str) {
     check_name(errs, field, v, "");
 }
 
+/// Checks a job type (required).
+pub fn job_type(errs: &mut FieldErrors, field: &str, v: &str) {
+    check_name(errs, field, v, ".:");
+}
+
 /// Checks a worker id.
 pub fn worker_id(errs: &mut FieldErrors, field: &str, v: &str) {
     check_name(errs, field, v, ".:");

@@ -9,6 +9,7 @@
 //! message from body, query and path, and calls the same service code as gRPC.
 
 pub mod error;
+mod fields;
 pub mod transcode;
 
 use std::time::Duration;
@@ -208,6 +209,7 @@ async fn handle(State(g): State<Gateway>, req: Request) -> Response {
         json.insert(field.to_string(), Value::String(value));
     }
     let input = Input {
+        rpc: spec.rpc,
         json,
         headers: parts.headers,
         shutdown: g.shutdown.clone(),

@@ -167,6 +167,8 @@ pub fn merge_query(spec: &RouteSpec, query: &str, obj: &mut Map<String, Value>) 
 /// A transcoded call: the request as a proto3-JSON object, the headers worth forwarding, and
 /// the token that ends streams at shutdown.
 pub struct Input {
+    /// `dispatch.v1.JobService/CreateJob`.
+    pub rpc: &'static str,
     pub json: Map<String, Value>,
     pub headers: HeaderMap,
     pub shutdown: CancellationToken,
@@ -184,13 +186,17 @@ const FORWARDED: &[&str] = &[
     "x-request-id",
 ];
 
-/// Parses the JSON object into the request message; a type mismatch is a field violation
-/// naming the JSON path (e.g. `options.timeout`).
-fn decode<Req: DeserializeOwned>(json: Map<String, Value>) -> Result<Req, tonic::Status> {
+/// Parses the JSON object into the request message of `rpc`; a value of the wrong kind is a
+/// field violation naming the JSON path as written (e.g. `options.maxAttempts`) and saying
+/// what the field takes.
+fn decode<Req: DeserializeOwned>(rpc: &str, json: Map<String, Value>) -> Result<Req, tonic::Status> {
     serde_path_to_error::deserialize(Value::Object(json)).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
-        error::field_violation(&field, &e.into_inner().to_string())
+        if path == "." {
+            return error::field_violation("body", &format!("must be a JSON object of the request: {}", e.into_inner()));
+        }
+        let description = super::fields::expected(rpc, &path).unwrap_or_else(|| e.into_inner().to_string());
+        error::field_violation(&path, &description)
     })
 }
 
@@ -224,11 +230,15 @@ where
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
-    let msg = match decode::<Req>(input.json) {
+    let snake = super::fields::snake_keys(&input.json);
+    let msg = match decode::<Req>(input.rpc, input.json) {
         Ok(m) => m,
         Err(s) => return error::response(&s),
     };
-    match call(request(msg, &input.headers, input.identity.as_ref())).await {
+    match call(request(msg, &input.headers, input.identity.as_ref()))
+        .await
+        .map_err(|s| super::fields::in_callers_words(s, &snake))
+    {
         Ok(resp) => match to_json(resp.get_ref()) {
             Ok(v) => (
                 StatusCode::OK,
@@ -253,13 +263,14 @@ where
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<St>, tonic::Status>>,
 {
-    let msg = match decode::<Req>(input.json) {
+    let snake = super::fields::snake_keys(&input.json);
+    let msg = match decode::<Req>(input.rpc, input.json) {
         Ok(m) => m,
         Err(s) => return error::response(&s),
     };
     let stream = match call(request(msg, &input.headers, input.identity.as_ref())).await {
         Ok(resp) => resp.into_inner(),
-        Err(s) => return error::response(&s),
+        Err(s) => return error::response(&super::fields::in_callers_words(s, &snake)),
     };
     let events = stream
         .scan(false, |failed, item| {

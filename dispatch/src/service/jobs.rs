@@ -20,6 +20,25 @@ pub struct JobApi(pub Shared);
 
 const MAX_BATCH: usize = 1000;
 const MAX_PAGE: u32 = 1000;
+/// Most jobs a filtered ListJobs reads in one call.
+const FILTER_SCAN: usize = 5000;
+/// Most label conditions in one ListJobs.
+const MAX_LABEL_FILTERS: usize = 16;
+
+/// The `key=value` label conditions of a ListJobs, checked.
+fn labels_filter<'a>(errs: &mut FieldErrors, labels: &'a [String]) -> Vec<(&'a str, &'a str)> {
+    if labels.len() > MAX_LABEL_FILTERS {
+        errs.add("labels", format!("at most {MAX_LABEL_FILTERS} conditions"));
+    }
+    let mut out = Vec::new();
+    for (i, l) in labels.iter().enumerate() {
+        match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => out.push((k, v)),
+            _ => errs.add(format!("labels[{i}]"), "must be written key=value"),
+        }
+    }
+    out
+}
 
 impl JobApi {
     async fn create_one(&self, id: String, job: &store::NewJob) -> Result<pb::CreateJobResponse, Status> {
@@ -145,14 +164,8 @@ impl JobService for JobApi {
         async move {
             let r = req.get_ref();
             let mut errs = FieldErrors::default();
-            if !r.queue.is_empty()
-                && (r.queue.len() > 128
-                    || !r
-                        .queue
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-            {
-                errs.add("queue", "is not a valid queue name");
+            if !r.queue.is_empty() {
+                validate::queue_name(&mut errs, "queue", &r.queue);
             }
             let state = api::state_from_pb(r.state);
             if state.is_none() && r.state != 0 {
@@ -161,9 +174,14 @@ impl JobService for JobApi {
             if r.page_size > MAX_PAGE {
                 errs.add("page_size", format!("must be at most {MAX_PAGE}"));
             }
-            if !r.page_token.is_empty() {
-                validate::job_id(&mut errs, "page_token", &r.page_token);
+            // Tokens are job ids (UUIDs): anything else did not come from an earlier page.
+            if !r.page_token.is_empty() && uuid::Uuid::parse_str(&r.page_token).is_err() {
+                errs.add("page_token", "is not a next_page_token of an earlier ListJobs");
             }
+            if !r.r#type.is_empty() {
+                validate::job_type(&mut errs, "type", &r.r#type);
+            }
+            let labels = labels_filter(&mut errs, &r.labels);
             errs.into_result(())?;
             let size = if r.page_size == 0 { 100 } else { r.page_size as usize };
             let queues = if r.queue.is_empty() {
@@ -175,16 +193,50 @@ impl JobService for JobApi {
                 Some(s) => vec![s],
                 None => State::ALL.to_vec(),
             };
-            // One extra id tells whether another page exists.
-            let mut ids = self
-                .0
-                .store
-                .list_ids(&queues, &states, &r.page_token, size + 1)
-                .await
-                .map_err(|e| self.0.store_err(e))?;
-            let more = ids.len() > size;
-            ids.truncate(size);
-            let jobs = self.0.store.get_many(&ids).await.map_err(|e| self.0.store_err(e))?;
+            let filtered = !r.r#type.is_empty() || !labels.is_empty();
+            let keep = |j: &store::JobRecord| {
+                (r.r#type.is_empty() || j.job_type == r.r#type)
+                    && labels.iter().all(|(k, v)| j.labels.get(*k).map(String::as_str) == Some(*v))
+            };
+            // Unfiltered: one extra id tells whether another page exists. Filtered: jobs are
+            // read a slice at a time and kept when they match, up to a bounded number read per
+            // call; a page that stops there says where to go on.
+            let mut cursor = r.page_token.clone();
+            let mut jobs = Vec::new();
+            let mut read = 0;
+            let mut more;
+            let mut last_read = String::new();
+            loop {
+                let want = if filtered { size.max(100) } else { size };
+                let mut ids = self
+                    .0
+                    .store
+                    .list_ids(&queues, &states, &cursor, want + 1)
+                    .await
+                    .map_err(|e| self.0.store_err(e))?;
+                more = ids.len() > want;
+                ids.truncate(want);
+                if ids.is_empty() {
+                    break;
+                }
+                read += ids.len();
+                let records = self.0.store.get_each(&ids).await.map_err(|e| self.0.store_err(e))?;
+                for (id, record) in ids.iter().zip(records) {
+                    if jobs.len() == size {
+                        // Full: the next page starts after the last job read, which is shown.
+                        more = true;
+                        break;
+                    }
+                    last_read = id.clone();
+                    if let Some(j) = record.filter(|j| keep(j)) {
+                        jobs.push(j);
+                    }
+                }
+                if !filtered || jobs.len() == size || !more || read >= FILTER_SCAN {
+                    break;
+                }
+                cursor = last_read.clone();
+            }
             // A page ends early at the byte budget; the token then points after its last job.
             let budget = self.0.config.limits.list_reply_bytes;
             let mut shown = Vec::with_capacity(jobs.len());
@@ -202,7 +254,7 @@ impl JobService for JobApi {
             let next_page_token = if cut {
                 shown.last().map(|j| j.id.clone()).unwrap_or_default()
             } else if more {
-                ids.last().cloned().unwrap_or_default()
+                last_read
             } else {
                 String::new()
             };

@@ -144,29 +144,35 @@ fn operation(api: &Api, r: &Route, schemas: &mut Schemas) -> Value {
     }
     let mut responses = Map::new();
     if r.server_streaming {
-        // Per OpenAPI before 3.2, the schema of an event stream describes one event.
-        let data = json!({
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": {"anyOf": [schemas.reference(&r.output), {"$ref": "#/components/schemas/Status"}]},
-            "description": format!("A `{}` as JSON; for `event: error`, a Status.", r.output.name()),
+        // The body is text (generators then hand it over as a string rather than parse it as
+        // one JSON document); each event's `data` is described by `x-event-schema` (what
+        // OpenAPI 3.2 calls `itemSchema`).
+        let event = json!({
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "event": {"type": "string", "enum": ["message", "error"]},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"anyOf": [schemas.reference(&r.output), {"$ref": "#/components/schemas/Status"}]},
+                    "description": format!("A `{}` as JSON; for `event: error`, a Status.", r.output.name()),
+                },
+            },
         });
         responses.insert(
             "200".into(),
             json!({
                 "description": format!(
                     "Server-Sent Events: one event per `{}`, whose `data` is its JSON. An error after \
-                     the stream started ends it with `event: error` and a Status as data.",
+                     the stream started ends it with `event: error` and a Status as data. Read it \
+                     with an SSE client; a generated client gets the events' text.",
                     r.output.name()
                 ),
-                "content": {"text/event-stream": {"schema": {
-                    "type": "object",
-                    "required": ["data"],
-                    "properties": {
-                        "event": {"type": "string", "enum": ["message", "error"]},
-                        "data": data,
-                    },
-                }}},
+                "content": {"text/event-stream": {
+                    "schema": {"type": "string"},
+                    "x-event-schema": event,
+                }},
             }),
         );
     } else {
