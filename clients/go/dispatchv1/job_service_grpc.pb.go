@@ -38,8 +38,23 @@ type JobServiceClient interface {
 	// Re-runs a FAILED or CANCELLED job: it is QUEUED again on a new attempt, with a fresh
 	// budget of max_attempts attempts. Other states give FAILED_PRECONDITION.
 	RetryJob(ctx context.Context, in *RetryJobRequest, opts ...grpc.CallOption) (*RetryJobResponse, error)
-	// Lists every queue that has held a job, with counts per state.
+	// Lists every queue that holds a job or is paused, with counts per state.
 	ListQueues(ctx context.Context, in *ListQueuesRequest, opts ...grpc.CallOption) (*ListQueuesResponse, error)
+	// Pauses a queue: its jobs stay QUEUED (new ones and due ones are still queued) and are
+	// not run, and no attempt is used. A claim of its jobs is refused with FAILED_PRECONDITION,
+	// and workers stop pulling its run messages (they learn it from Announce). Pausing a paused
+	// queue changes nothing; a queue need not exist yet to be paused. Admin role.
+	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
+	// Resumes a paused queue: its QUEUED jobs run again, in the order their run messages were
+	// published (creation order, to within a relay batch). Resuming a queue that
+	// is not paused changes nothing. Admin role.
+	ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error)
+	// Jobs finished per minute over the last minutes, per queue or for all queues: what the
+	// dashboard charts. Counted when the outcome is published, so a count can be one high after
+	// a dispatch crash; minutes with nothing finished are returned with zero counts.
+	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
+	// Lists the workers that announced themselves recently (see WorkerService.Announce).
+	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
 }
 
 type jobServiceClient struct {
@@ -145,6 +160,42 @@ func (c *jobServiceClient) ListQueues(ctx context.Context, in *ListQueuesRequest
 	return out, nil
 }
 
+func (c *jobServiceClient) PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error) {
+	out := new(PauseQueueResponse)
+	err := c.cc.Invoke(ctx, "/dispatch.v1.JobService/PauseQueue", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error) {
+	out := new(ResumeQueueResponse)
+	err := c.cc.Invoke(ctx, "/dispatch.v1.JobService/ResumeQueue", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error) {
+	out := new(GetStatsResponse)
+	err := c.cc.Invoke(ctx, "/dispatch.v1.JobService/GetStats", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error) {
+	out := new(ListWorkersResponse)
+	err := c.cc.Invoke(ctx, "/dispatch.v1.JobService/ListWorkers", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility
@@ -170,8 +221,23 @@ type JobServiceServer interface {
 	// Re-runs a FAILED or CANCELLED job: it is QUEUED again on a new attempt, with a fresh
 	// budget of max_attempts attempts. Other states give FAILED_PRECONDITION.
 	RetryJob(context.Context, *RetryJobRequest) (*RetryJobResponse, error)
-	// Lists every queue that has held a job, with counts per state.
+	// Lists every queue that holds a job or is paused, with counts per state.
 	ListQueues(context.Context, *ListQueuesRequest) (*ListQueuesResponse, error)
+	// Pauses a queue: its jobs stay QUEUED (new ones and due ones are still queued) and are
+	// not run, and no attempt is used. A claim of its jobs is refused with FAILED_PRECONDITION,
+	// and workers stop pulling its run messages (they learn it from Announce). Pausing a paused
+	// queue changes nothing; a queue need not exist yet to be paused. Admin role.
+	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
+	// Resumes a paused queue: its QUEUED jobs run again, in the order their run messages were
+	// published (creation order, to within a relay batch). Resuming a queue that
+	// is not paused changes nothing. Admin role.
+	ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error)
+	// Jobs finished per minute over the last minutes, per queue or for all queues: what the
+	// dashboard charts. Counted when the outcome is published, so a count can be one high after
+	// a dispatch crash; minutes with nothing finished are returned with zero counts.
+	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
+	// Lists the workers that announced themselves recently (see WorkerService.Announce).
+	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -202,6 +268,18 @@ func (UnimplementedJobServiceServer) RetryJob(context.Context, *RetryJobRequest)
 }
 func (UnimplementedJobServiceServer) ListQueues(context.Context, *ListQueuesRequest) (*ListQueuesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListQueues not implemented")
+}
+func (UnimplementedJobServiceServer) PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PauseQueue not implemented")
+}
+func (UnimplementedJobServiceServer) ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ResumeQueue not implemented")
+}
+func (UnimplementedJobServiceServer) GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetStats not implemented")
+}
+func (UnimplementedJobServiceServer) ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListWorkers not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 
@@ -363,6 +441,78 @@ func _JobService_ListQueues_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_PauseQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PauseQueueRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).PauseQueue(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dispatch.v1.JobService/PauseQueue",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).PauseQueue(ctx, req.(*PauseQueueRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_ResumeQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeQueueRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).ResumeQueue(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dispatch.v1.JobService/ResumeQueue",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).ResumeQueue(ctx, req.(*ResumeQueueRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_GetStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).GetStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dispatch.v1.JobService/GetStats",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).GetStats(ctx, req.(*GetStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_ListWorkers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWorkersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).ListWorkers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dispatch.v1.JobService/ListWorkers",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).ListWorkers(ctx, req.(*ListWorkersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _JobService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "dispatch.v1.JobService",
 	HandlerType: (*JobServiceServer)(nil),
@@ -394,6 +544,22 @@ var _JobService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListQueues",
 			Handler:    _JobService_ListQueues_Handler,
+		},
+		{
+			MethodName: "PauseQueue",
+			Handler:    _JobService_PauseQueue_Handler,
+		},
+		{
+			MethodName: "ResumeQueue",
+			Handler:    _JobService_ResumeQueue_Handler,
+		},
+		{
+			MethodName: "GetStats",
+			Handler:    _JobService_GetStats_Handler,
+		},
+		{
+			MethodName: "ListWorkers",
+			Handler:    _JobService_ListWorkers_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

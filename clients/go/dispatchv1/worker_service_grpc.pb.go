@@ -39,6 +39,11 @@ type WorkerServiceClient interface {
 	// retryable, else FAILED. On a job with cancel_requested, ends it CANCELLED. Repeating the
 	// same report is idempotent; a stale lease gets FAILED_PRECONDITION and changes nothing.
 	FailJob(ctx context.Context, in *FailJobRequest, opts ...grpc.CallOption) (*FailJobResponse, error)
+	// Says the worker is alive and what it runs, every few seconds (the reply says how often).
+	// Listed by JobService.ListWorkers. The reply names the paused queues: a worker stops
+	// pulling run messages of those until they are resumed (a claim of their jobs would be
+	// refused anyway).
+	Announce(ctx context.Context, in *AnnounceRequest, opts ...grpc.CallOption) (*AnnounceResponse, error)
 }
 
 type workerServiceClient struct {
@@ -103,6 +108,15 @@ func (c *workerServiceClient) FailJob(ctx context.Context, in *FailJobRequest, o
 	return out, nil
 }
 
+func (c *workerServiceClient) Announce(ctx context.Context, in *AnnounceRequest, opts ...grpc.CallOption) (*AnnounceResponse, error) {
+	out := new(AnnounceResponse)
+	err := c.cc.Invoke(ctx, "/dispatch.v1.WorkerService/Announce", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WorkerServiceServer is the server API for WorkerService service.
 // All implementations must embed UnimplementedWorkerServiceServer
 // for forward compatibility
@@ -129,6 +143,11 @@ type WorkerServiceServer interface {
 	// retryable, else FAILED. On a job with cancel_requested, ends it CANCELLED. Repeating the
 	// same report is idempotent; a stale lease gets FAILED_PRECONDITION and changes nothing.
 	FailJob(context.Context, *FailJobRequest) (*FailJobResponse, error)
+	// Says the worker is alive and what it runs, every few seconds (the reply says how often).
+	// Listed by JobService.ListWorkers. The reply names the paused queues: a worker stops
+	// pulling run messages of those until they are resumed (a claim of their jobs would be
+	// refused anyway).
+	Announce(context.Context, *AnnounceRequest) (*AnnounceResponse, error)
 	mustEmbedUnimplementedWorkerServiceServer()
 }
 
@@ -153,6 +172,9 @@ func (UnimplementedWorkerServiceServer) CompleteJobs(context.Context, *CompleteJ
 }
 func (UnimplementedWorkerServiceServer) FailJob(context.Context, *FailJobRequest) (*FailJobResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method FailJob not implemented")
+}
+func (UnimplementedWorkerServiceServer) Announce(context.Context, *AnnounceRequest) (*AnnounceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Announce not implemented")
 }
 func (UnimplementedWorkerServiceServer) mustEmbedUnimplementedWorkerServiceServer() {}
 
@@ -275,6 +297,24 @@ func _WorkerService_FailJob_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _WorkerService_Announce_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AnnounceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkerServiceServer).Announce(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dispatch.v1.WorkerService/Announce",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkerServiceServer).Announce(ctx, req.(*AnnounceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _WorkerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "dispatch.v1.WorkerService",
 	HandlerType: (*WorkerServiceServer)(nil),
@@ -302,6 +342,10 @@ var _WorkerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "FailJob",
 			Handler:    _WorkerService_FailJob_Handler,
+		},
+		{
+			MethodName: "Announce",
+			Handler:    _WorkerService_Announce_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -75,6 +75,26 @@ class JobServiceStub:
                 request_serializer=dispatch_dot_v1_dot_job__service__pb2.ListQueuesRequest.SerializeToString,
                 response_deserializer=dispatch_dot_v1_dot_job__service__pb2.ListQueuesResponse.FromString,
                 _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/dispatch.v1.JobService/PauseQueue',
+                request_serializer=dispatch_dot_v1_dot_job__service__pb2.PauseQueueRequest.SerializeToString,
+                response_deserializer=dispatch_dot_v1_dot_job__service__pb2.PauseQueueResponse.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/dispatch.v1.JobService/ResumeQueue',
+                request_serializer=dispatch_dot_v1_dot_job__service__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=dispatch_dot_v1_dot_job__service__pb2.ResumeQueueResponse.FromString,
+                _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/dispatch.v1.JobService/GetStats',
+                request_serializer=dispatch_dot_v1_dot_job__service__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=dispatch_dot_v1_dot_job__service__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/dispatch.v1.JobService/ListWorkers',
+                request_serializer=dispatch_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=dispatch_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -138,7 +158,42 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListQueues(self, request, context):
-        """Lists every queue that has held a job, with counts per state.
+        """Lists every queue that holds a job or is paused, with counts per state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseQueue(self, request, context):
+        """Pauses a queue: its jobs stay QUEUED (new ones and due ones are still queued) and are
+        not run, and no attempt is used. A claim of its jobs is refused with FAILED_PRECONDITION,
+        and workers stop pulling its run messages (they learn it from Announce). Pausing a paused
+        queue changes nothing; a queue need not exist yet to be paused. Admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """Resumes a paused queue: its QUEUED jobs run again, in the order their run messages were
+        published (creation order, to within a relay batch). Resuming a queue that
+        is not paused changes nothing. Admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """Jobs finished per minute over the last minutes, per queue or for all queues: what the
+        dashboard charts. Counted when the outcome is published, so a count can be one high after
+        a dispatch crash; minutes with nothing finished are returned with zero counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkers(self, request, context):
+        """Lists the workers that announced themselves recently (see WorkerService.Announce).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,6 +241,26 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListQueues,
                     request_deserializer=dispatch_dot_v1_dot_job__service__pb2.ListQueuesRequest.FromString,
                     response_serializer=dispatch_dot_v1_dot_job__service__pb2.ListQueuesResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=dispatch_dot_v1_dot_job__service__pb2.PauseQueueRequest.FromString,
+                    response_serializer=dispatch_dot_v1_dot_job__service__pb2.PauseQueueResponse.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=dispatch_dot_v1_dot_job__service__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=dispatch_dot_v1_dot_job__service__pb2.ResumeQueueResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=dispatch_dot_v1_dot_job__service__pb2.GetStatsRequest.FromString,
+                    response_serializer=dispatch_dot_v1_dot_job__service__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=dispatch_dot_v1_dot_job__service__pb2.ListWorkersRequest.FromString,
+                    response_serializer=dispatch_dot_v1_dot_job__service__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +480,114 @@ class JobService:
             '/dispatch.v1.JobService/ListQueues',
             dispatch_dot_v1_dot_job__service__pb2.ListQueuesRequest.SerializeToString,
             dispatch_dot_v1_dot_job__service__pb2.ListQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatch.v1.JobService/PauseQueue',
+            dispatch_dot_v1_dot_job__service__pb2.PauseQueueRequest.SerializeToString,
+            dispatch_dot_v1_dot_job__service__pb2.PauseQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatch.v1.JobService/ResumeQueue',
+            dispatch_dot_v1_dot_job__service__pb2.ResumeQueueRequest.SerializeToString,
+            dispatch_dot_v1_dot_job__service__pb2.ResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatch.v1.JobService/GetStats',
+            dispatch_dot_v1_dot_job__service__pb2.GetStatsRequest.SerializeToString,
+            dispatch_dot_v1_dot_job__service__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatch.v1.JobService/ListWorkers',
+            dispatch_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
+            dispatch_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,11 @@ class WorkerServiceStub:
                 request_serializer=dispatch_dot_v1_dot_worker__service__pb2.FailJobRequest.SerializeToString,
                 response_deserializer=dispatch_dot_v1_dot_worker__service__pb2.FailJobResponse.FromString,
                 _registered_method=True)
+        self.Announce = channel.unary_unary(
+                '/dispatch.v1.WorkerService/Announce',
+                request_serializer=dispatch_dot_v1_dot_worker__service__pb2.AnnounceRequest.SerializeToString,
+                response_deserializer=dispatch_dot_v1_dot_worker__service__pb2.AnnounceResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -125,6 +130,16 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Announce(self, request, context):
+        """Says the worker is alive and what it runs, every few seconds (the reply says how often).
+        Listed by JobService.ListWorkers. The reply names the paused queues: a worker stops
+        pulling run messages of those until they are resumed (a claim of their jobs would be
+        refused anyway).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +172,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.FailJob,
                     request_deserializer=dispatch_dot_v1_dot_worker__service__pb2.FailJobRequest.FromString,
                     response_serializer=dispatch_dot_v1_dot_worker__service__pb2.FailJobResponse.SerializeToString,
+            ),
+            'Announce': grpc.unary_unary_rpc_method_handler(
+                    servicer.Announce,
+                    request_deserializer=dispatch_dot_v1_dot_worker__service__pb2.AnnounceRequest.FromString,
+                    response_serializer=dispatch_dot_v1_dot_worker__service__pb2.AnnounceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -323,6 +343,33 @@ class WorkerService:
             '/dispatch.v1.WorkerService/FailJob',
             dispatch_dot_v1_dot_worker__service__pb2.FailJobRequest.SerializeToString,
             dispatch_dot_v1_dot_worker__service__pb2.FailJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Announce(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatch.v1.WorkerService/Announce',
+            dispatch_dot_v1_dot_worker__service__pb2.AnnounceRequest.SerializeToString,
+            dispatch_dot_v1_dot_worker__service__pb2.AnnounceResponse.FromString,
             options,
             channel_credentials,
             insecure,

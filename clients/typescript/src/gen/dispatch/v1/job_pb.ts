@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dispatch/v1/job.proto.
  */
 export const file_dispatch_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChVkaXNwYXRjaC92MS9qb2IucHJvdG8SC2Rpc3BhdGNoLnYxIoEBCgdCYWNrb2ZmEioKB2luaXRpYWwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWF4GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhIKCm11bHRpcGxpZXIYAyABKAESDgoGaml0dGVyGAQgASgBIvYCCgpKb2JPcHRpb25zEhQKDG1heF9hdHRlbXB0cxgBIAEoDRIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiUKB2JhY2tvZmYYAyABKAsyFC5kaXNwYXRjaC52MS5CYWNrb2ZmEioKBnJ1bl9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoFZGVsYXkYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFwoPaWRlbXBvdGVuY3lfa2V5GAYgASgJEjMKBmxhYmVscxgHIAMoCzIjLmRpc3BhdGNoLnYxLkpvYk9wdGlvbnMuTGFiZWxzRW50cnkSLAoJcmV0ZW50aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiWgoFTGVhc2USEQoJd29ya2VyX2lkGAEgASgJEhAKCGxlYXNlX2lkGAIgASgJEiwKCGRlYWRsaW5lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI/CghKb2JFcnJvchIPCgdtZXNzYWdlGAEgASgJEhEKCXJldHJ5YWJsZRgCIAEoCBIPCgdhdHRlbXB0GAMgASgNIo8GCgNKb2ISCgoCaWQYASABKAkSDQoFcXVldWUYAiABKAkSDAoEdHlwZRgDIAEoCRInCgdwYXlsb2FkGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiQKBXN0YXRlGAUgASgOMhUuZGlzcGF0Y2gudjEuSm9iU3RhdGUSDwoHYXR0ZW1wdBgGIAEoDRIUCgxtYXhfYXR0ZW1wdHMYByABKA0SJQoHYmFja29mZhgIIAEoCzIULmRpc3BhdGNoLnYxLkJhY2tvZmYSKgoHdGltZW91dBgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIqCgZydW5fYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2lkZW1wb3RlbmN5X2tleRgLIAEoCRIhCgVsZWFzZRgMIAEoCzISLmRpc3BhdGNoLnYxLkxlYXNlEigKCHByb2dyZXNzGA0gASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBnJlc3VsdBgOIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIkCgVlcnJvchgPIAEoCzIVLmRpc3BhdGNoLnYxLkpvYkVycm9yEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYECABKAgSLAoGbGFiZWxzGBEgAygLMhwuZGlzcGF0Y2gudjEuSm9iLkxhYmVsc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYFCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIuIBCghKb2JFdmVudBIPCgd2ZXJzaW9uGAEgASgNEg4KBmpvYl9pZBgCIAEoCRINCgVxdWV1ZRgDIAEoCRIMCgR0eXBlGAQgASgJEg8KB2F0dGVtcHQYBSABKA0SJAoFc3RhdGUYBiABKA4yFS5kaXNwYXRjaC52MS5Kb2JTdGF0ZRIRCgl3b3JrZXJfaWQYByABKAkSLQoJdGltZXN0YW1wGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgJIAEoCRIQCghzZXF1ZW5jZRgKIAEoBCKCAQoJUXVldWVJbmZvEgwKBG5hbWUYASABKAkSDQoFZGVwdGgYAiABKAQSEQoJc2NoZWR1bGVkGAMgASgEEg8KB3J1bm5pbmcYBCABKAQSEQoJc3VjY2VlZGVkGAUgASgEEg4KBmZhaWxlZBgGIAEoBBIRCgljYW5jZWxsZWQYByABKAQiRgoGSm9iUnVuEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBXF1ZXVlGAMgASgJEgwKBHR5cGUYBCABKAkqswEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhcKE0pPQl9TVEFURV9TQ0hFRFVMRUQQARIUChBKT0JfU1RBVEVfUVVFVUVEEAISFQoRSk9CX1NUQVRFX1JVTk5JTkcQAxIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAQSFAoQSk9CX1NUQVRFX0ZBSUxFRBAFEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChVkaXNwYXRjaC92MS9qb2IucHJvdG8SC2Rpc3BhdGNoLnYxIoEBCgdCYWNrb2ZmEioKB2luaXRpYWwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDbWF4GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhIKCm11bHRpcGxpZXIYAyABKAESDgoGaml0dGVyGAQgASgBIvYCCgpKb2JPcHRpb25zEhQKDG1heF9hdHRlbXB0cxgBIAEoDRIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiUKB2JhY2tvZmYYAyABKAsyFC5kaXNwYXRjaC52MS5CYWNrb2ZmEioKBnJ1bl9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoFZGVsYXkYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFwoPaWRlbXBvdGVuY3lfa2V5GAYgASgJEjMKBmxhYmVscxgHIAMoCzIjLmRpc3BhdGNoLnYxLkpvYk9wdGlvbnMuTGFiZWxzRW50cnkSLAoJcmV0ZW50aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiWgoFTGVhc2USEQoJd29ya2VyX2lkGAEgASgJEhAKCGxlYXNlX2lkGAIgASgJEiwKCGRlYWRsaW5lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI/CghKb2JFcnJvchIPCgdtZXNzYWdlGAEgASgJEhEKCXJldHJ5YWJsZRgCIAEoCBIPCgdhdHRlbXB0GAMgASgNIo8GCgNKb2ISCgoCaWQYASABKAkSDQoFcXVldWUYAiABKAkSDAoEdHlwZRgDIAEoCRInCgdwYXlsb2FkGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiQKBXN0YXRlGAUgASgOMhUuZGlzcGF0Y2gudjEuSm9iU3RhdGUSDwoHYXR0ZW1wdBgGIAEoDRIUCgxtYXhfYXR0ZW1wdHMYByABKA0SJQoHYmFja29mZhgIIAEoCzIULmRpc3BhdGNoLnYxLkJhY2tvZmYSKgoHdGltZW91dBgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIqCgZydW5fYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2lkZW1wb3RlbmN5X2tleRgLIAEoCRIhCgVsZWFzZRgMIAEoCzISLmRpc3BhdGNoLnYxLkxlYXNlEigKCHByb2dyZXNzGA0gASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiYKBnJlc3VsdBgOIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIkCgVlcnJvchgPIAEoCzIVLmRpc3BhdGNoLnYxLkpvYkVycm9yEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYECABKAgSLAoGbGFiZWxzGBEgAygLMhwuZGlzcGF0Y2gudjEuSm9iLkxhYmVsc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYFCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIuIBCghKb2JFdmVudBIPCgd2ZXJzaW9uGAEgASgNEg4KBmpvYl9pZBgCIAEoCRINCgVxdWV1ZRgDIAEoCRIMCgR0eXBlGAQgASgJEg8KB2F0dGVtcHQYBSABKA0SJAoFc3RhdGUYBiABKA4yFS5kaXNwYXRjaC52MS5Kb2JTdGF0ZRIRCgl3b3JrZXJfaWQYByABKAkSLQoJdGltZXN0YW1wGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcnJvchgJIAEoCRIQCghzZXF1ZW5jZRgKIAEoBCL/AQoJUXVldWVJbmZvEgwKBG5hbWUYASABKAkSDQoFZGVwdGgYAiABKAQSEQoJc2NoZWR1bGVkGAMgASgEEg8KB3J1bm5pbmcYBCABKAQSEQoJc3VjY2VlZGVkGAUgASgEEg4KBmZhaWxlZBgGIAEoBBIRCgljYW5jZWxsZWQYByABKAQSDgoGcGF1c2VkGAggASgIEi0KCXBhdXNlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPAoYb2xkZXN0X3F1ZXVlZF9jcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKYAgoKV29ya2VySW5mbxIRCgl3b3JrZXJfaWQYASABKAkSMwoGcXVldWVzGAIgAygLMiMuZGlzcGF0Y2gudjEuV29ya2VySW5mby5RdWV1ZXNFbnRyeRIRCglpbl9mbGlnaHQYAyABKA0SEAoIaG9zdG5hbWUYBCABKAkSDwoHdmVyc2lvbhgFIAEoCRIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglsYXN0X3NlZW4YByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC1F1ZXVlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEiRgoGSm9iUnVuEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBXF1ZXVlGAMgASgJEgwKBHR5cGUYBCABKAkqswEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhcKE0pPQl9TVEFURV9TQ0hFRFVMRUQQARIUChBKT0JfU1RBVEVfUVVFVUVEEAISFQoRSk9CX1NUQVRFX1JVTk5JTkcQAxIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAQSFAoQSk9CX1NUQVRFX0ZBSUxFRBAFEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Exponential backoff between attempts: delay(n) = min(initial * multiplier^(n-1), max),
@@ -506,6 +506,27 @@ export type QueueInfo = Message<"dispatch.v1.QueueInfo"> & {
    * @generated from field: uint64 cancelled = 7;
    */
   cancelled: bigint;
+
+  /**
+   * True while the queue is paused (PauseQueue): its jobs stay QUEUED.
+   *
+   * @generated from field: bool paused = 8;
+   */
+  paused: boolean;
+
+  /**
+   * When the queue was paused; unset when it is not.
+   *
+   * @generated from field: google.protobuf.Timestamp paused_at = 9;
+   */
+  pausedAt?: Timestamp | undefined;
+
+  /**
+   * Creation time of the oldest job waiting in QUEUED; unset when none waits.
+   *
+   * @generated from field: google.protobuf.Timestamp oldest_queued_created_at = 10;
+   */
+  oldestQueuedCreatedAt?: Timestamp | undefined;
 };
 
 /**
@@ -514,6 +535,69 @@ export type QueueInfo = Message<"dispatch.v1.QueueInfo"> & {
  */
 export const QueueInfoSchema: GenMessage<QueueInfo> = /*@__PURE__*/
   messageDesc(file_dispatch_v1_job, 6);
+
+/**
+ * A worker, as it last announced itself.
+ *
+ * @generated from message dispatch.v1.WorkerInfo
+ */
+export type WorkerInfo = Message<"dispatch.v1.WorkerInfo"> & {
+  /**
+   * The worker's id (the one it claims with).
+   *
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+
+  /**
+   * The queues it takes jobs from, with how many it runs at once on each.
+   *
+   * @generated from field: map<string, uint32> queues = 2;
+   */
+  queues: { [key: string]: number };
+
+  /**
+   * Jobs it is running now.
+   *
+   * @generated from field: uint32 in_flight = 3;
+   */
+  inFlight: number;
+
+  /**
+   * The host it runs on, as it says.
+   *
+   * @generated from field: string hostname = 4;
+   */
+  hostname: string;
+
+  /**
+   * What it runs (e.g. "dispatch-worker 0.1.0", "python").
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
+
+  /**
+   * When it started.
+   *
+   * @generated from field: google.protobuf.Timestamp started_at = 6;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * When dispatch last heard from it.
+   *
+   * @generated from field: google.protobuf.Timestamp last_seen = 7;
+   */
+  lastSeen?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message dispatch.v1.WorkerInfo.
+ * Use `create(WorkerInfoSchema)` to create a new message.
+ */
+export const WorkerInfoSchema: GenMessage<WorkerInfo> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_job, 7);
 
 /**
  * The body of a `job_run.<queue>` message: just enough to claim the job.
@@ -555,7 +639,7 @@ export type JobRun = Message<"dispatch.v1.JobRun"> & {
  * Use `create(JobRunSchema)` to create a new message.
  */
 export const JobRunSchema: GenMessage<JobRun> = /*@__PURE__*/
-  messageDesc(file_dispatch_v1_job, 7);
+  messageDesc(file_dispatch_v1_job, 8);
 
 /**
  * The life cycle of a job.

@@ -4,18 +4,18 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Job, JobEvent, JobOptions, JobState, QueueInfo } from "./job_pb.js";
+import type { Job, JobEvent, JobOptions, JobState, QueueInfo, WorkerInfo } from "./job_pb.js";
 import { file_dispatch_v1_job } from "./job_pb.js";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
-import type { Value } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
+import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file dispatch/v1/job_service.proto.
  */
 export const file_dispatch_v1_job_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1kaXNwYXRjaC92MS9qb2Jfc2VydmljZS5wcm90bxILZGlzcGF0Y2gudjEiggEKEENyZWF0ZUpvYlJlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEdHlwZRgCIAEoCRInCgdwYXlsb2FkGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEigKB29wdGlvbnMYBCABKAsyFy5kaXNwYXRjaC52MS5Kb2JPcHRpb25zIkMKEUNyZWF0ZUpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmRpc3BhdGNoLnYxLkpvYhIPCgdjcmVhdGVkGAIgASgIIkAKEUNyZWF0ZUpvYnNSZXF1ZXN0EisKBGpvYnMYASADKAsyHS5kaXNwYXRjaC52MS5DcmVhdGVKb2JSZXF1ZXN0IkUKEkNyZWF0ZUpvYnNSZXNwb25zZRIvCgdyZXN1bHRzGAEgAygLMh4uZGlzcGF0Y2gudjEuQ3JlYXRlSm9iUmVzcG9uc2UiGwoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCSIvCg5HZXRKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5kaXNwYXRjaC52MS5Kb2IibQoPTGlzdEpvYnNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEiQKBXN0YXRlGAIgASgOMhUuZGlzcGF0Y2gudjEuSm9iU3RhdGUSEQoJcGFnZV9zaXplGAMgASgNEhIKCnBhZ2VfdG9rZW4YBCABKAkiSwoQTGlzdEpvYnNSZXNwb25zZRIeCgRqb2JzGAEgAygLMhAuZGlzcGF0Y2gudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIdCg9XYXRjaEpvYlJlcXVlc3QSCgoCaWQYASABKAkiOAoQV2F0Y2hKb2JSZXNwb25zZRIkCgVldmVudBgBIAEoCzIVLmRpc3BhdGNoLnYxLkpvYkV2ZW50Ii4KEENhbmNlbEpvYlJlcXVlc3QSCgoCaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjIKEUNhbmNlbEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmRpc3BhdGNoLnYxLkpvYiIdCg9SZXRyeUpvYlJlcXVlc3QSCgoCaWQYASABKAkiMQoQUmV0cnlKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5kaXNwYXRjaC52MS5Kb2IiEwoRTGlzdFF1ZXVlc1JlcXVlc3QiPAoSTGlzdFF1ZXVlc1Jlc3BvbnNlEiYKBnF1ZXVlcxgBIAMoCzIWLmRpc3BhdGNoLnYxLlF1ZXVlSW5mbzKxBgoKSm9iU2VydmljZRJfCglDcmVhdGVKb2ISHS5kaXNwYXRjaC52MS5DcmVhdGVKb2JSZXF1ZXN0Gh4uZGlzcGF0Y2gudjEuQ3JlYXRlSm9iUmVzcG9uc2UiE4LT5JMCDToBKiIIL2FwaS9qb2ISaQoKQ3JlYXRlSm9icxIeLmRpc3BhdGNoLnYxLkNyZWF0ZUpvYnNSZXF1ZXN0Gh8uZGlzcGF0Y2gudjEuQ3JlYXRlSm9ic1Jlc3BvbnNlIhqC0+STAhQ6ASoiDy9hcGkvam9iczpiYXRjaBJYCgZHZXRKb2ISGi5kaXNwYXRjaC52MS5HZXRKb2JSZXF1ZXN0GhsuZGlzcGF0Y2gudjEuR2V0Sm9iUmVzcG9uc2UiFYLT5JMCDxINL2FwaS9qb2Ive2lkfRJaCghMaXN0Sm9icxIcLmRpc3BhdGNoLnYxLkxpc3RKb2JzUmVxdWVzdBodLmRpc3BhdGNoLnYxLkxpc3RKb2JzUmVzcG9uc2UiEYLT5JMCCxIJL2FwaS9qb2JzEmcKCFdhdGNoSm9iEhwuZGlzcGF0Y2gudjEuV2F0Y2hKb2JSZXF1ZXN0Gh0uZGlzcGF0Y2gudjEuV2F0Y2hKb2JSZXNwb25zZSIcgtPkkwIWEhQvYXBpL2pvYi97aWR9L2V2ZW50czABEmsKCUNhbmNlbEpvYhIdLmRpc3BhdGNoLnYxLkNhbmNlbEpvYlJlcXVlc3QaHi5kaXNwYXRjaC52MS5DYW5jZWxKb2JSZXNwb25zZSIfgtPkkwIZOgEqIhQvYXBpL2pvYi97aWR9OmNhbmNlbBJnCghSZXRyeUpvYhIcLmRpc3BhdGNoLnYxLlJldHJ5Sm9iUmVxdWVzdBodLmRpc3BhdGNoLnYxLlJldHJ5Sm9iUmVzcG9uc2UiHoLT5JMCGDoBKiITL2FwaS9qb2Ive2lkfTpyZXRyeRJiCgpMaXN0UXVldWVzEh4uZGlzcGF0Y2gudjEuTGlzdFF1ZXVlc1JlcXVlc3QaHy5kaXNwYXRjaC52MS5MaXN0UXVldWVzUmVzcG9uc2UiE4LT5JMCDRILL2FwaS9xdWV1ZXNiBnByb3RvMw", [file_dispatch_v1_job, file_google_api_annotations, file_google_protobuf_struct]);
+  fileDesc("Ch1kaXNwYXRjaC92MS9qb2Jfc2VydmljZS5wcm90bxILZGlzcGF0Y2gudjEiggEKEENyZWF0ZUpvYlJlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEdHlwZRgCIAEoCRInCgdwYXlsb2FkGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEigKB29wdGlvbnMYBCABKAsyFy5kaXNwYXRjaC52MS5Kb2JPcHRpb25zIkMKEUNyZWF0ZUpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmRpc3BhdGNoLnYxLkpvYhIPCgdjcmVhdGVkGAIgASgIIkAKEUNyZWF0ZUpvYnNSZXF1ZXN0EisKBGpvYnMYASADKAsyHS5kaXNwYXRjaC52MS5DcmVhdGVKb2JSZXF1ZXN0IkUKEkNyZWF0ZUpvYnNSZXNwb25zZRIvCgdyZXN1bHRzGAEgAygLMh4uZGlzcGF0Y2gudjEuQ3JlYXRlSm9iUmVzcG9uc2UiGwoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCSIvCg5HZXRKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5kaXNwYXRjaC52MS5Kb2IiiwEKD0xpc3RKb2JzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIkCgVzdGF0ZRgCIAEoDjIVLmRpc3BhdGNoLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJEgwKBHR5cGUYBSABKAkSDgoGbGFiZWxzGAYgAygJIksKEExpc3RKb2JzUmVzcG9uc2USHgoEam9icxgBIAMoCzIQLmRpc3BhdGNoLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHQoPV2F0Y2hKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjgKEFdhdGNoSm9iUmVzcG9uc2USJAoFZXZlbnQYASABKAsyFS5kaXNwYXRjaC52MS5Kb2JFdmVudCIuChBDYW5jZWxKb2JSZXF1ZXN0EgoKAmlkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIyChFDYW5jZWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5kaXNwYXRjaC52MS5Kb2IiHQoPUmV0cnlKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjEKEFJldHJ5Sm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuZGlzcGF0Y2gudjEuSm9iIhMKEUxpc3RRdWV1ZXNSZXF1ZXN0IjwKEkxpc3RRdWV1ZXNSZXNwb25zZRImCgZxdWV1ZXMYASADKAsyFi5kaXNwYXRjaC52MS5RdWV1ZUluZm8iIQoRUGF1c2VRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI7ChJQYXVzZVF1ZXVlUmVzcG9uc2USJQoFcXVldWUYASABKAsyFi5kaXNwYXRjaC52MS5RdWV1ZUluZm8iIgoSUmVzdW1lUXVldWVSZXF1ZXN0EgwKBG5hbWUYASABKAkiPAoTUmVzdW1lUXVldWVSZXNwb25zZRIlCgVxdWV1ZRgBIAEoCzIWLmRpc3BhdGNoLnYxLlF1ZXVlSW5mbyIxCg9HZXRTdGF0c1JlcXVlc3QSDQoFcXVldWUYASABKAkSDwoHbWludXRlcxgCIAEoDSI9ChBHZXRTdGF0c1Jlc3BvbnNlEikKB21pbnV0ZXMYASADKAsyGC5kaXNwYXRjaC52MS5TdGF0c01pbnV0ZSJ/CgtTdGF0c01pbnV0ZRIpCgVzdGFydBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJc3VjY2VlZGVkGAIgASgEEg4KBmZhaWxlZBgDIAEoBBIPCgdyZXRyaWVkGAQgASgEEhEKCWNhbmNlbGxlZBgFIAEoBCIUChJMaXN0V29ya2Vyc1JlcXVlc3QiPwoTTGlzdFdvcmtlcnNSZXNwb25zZRIoCgd3b3JrZXJzGAEgAygLMhcuZGlzcGF0Y2gudjEuV29ya2VySW5mbzLgCQoKSm9iU2VydmljZRJfCglDcmVhdGVKb2ISHS5kaXNwYXRjaC52MS5DcmVhdGVKb2JSZXF1ZXN0Gh4uZGlzcGF0Y2gudjEuQ3JlYXRlSm9iUmVzcG9uc2UiE4LT5JMCDToBKiIIL2FwaS9qb2ISaQoKQ3JlYXRlSm9icxIeLmRpc3BhdGNoLnYxLkNyZWF0ZUpvYnNSZXF1ZXN0Gh8uZGlzcGF0Y2gudjEuQ3JlYXRlSm9ic1Jlc3BvbnNlIhqC0+STAhQ6ASoiDy9hcGkvam9iczpiYXRjaBJYCgZHZXRKb2ISGi5kaXNwYXRjaC52MS5HZXRKb2JSZXF1ZXN0GhsuZGlzcGF0Y2gudjEuR2V0Sm9iUmVzcG9uc2UiFYLT5JMCDxINL2FwaS9qb2Ive2lkfRJaCghMaXN0Sm9icxIcLmRpc3BhdGNoLnYxLkxpc3RKb2JzUmVxdWVzdBodLmRpc3BhdGNoLnYxLkxpc3RKb2JzUmVzcG9uc2UiEYLT5JMCCxIJL2FwaS9qb2JzEmcKCFdhdGNoSm9iEhwuZGlzcGF0Y2gudjEuV2F0Y2hKb2JSZXF1ZXN0Gh0uZGlzcGF0Y2gudjEuV2F0Y2hKb2JSZXNwb25zZSIcgtPkkwIWEhQvYXBpL2pvYi97aWR9L2V2ZW50czABEmsKCUNhbmNlbEpvYhIdLmRpc3BhdGNoLnYxLkNhbmNlbEpvYlJlcXVlc3QaHi5kaXNwYXRjaC52MS5DYW5jZWxKb2JSZXNwb25zZSIfgtPkkwIZOgEqIhQvYXBpL2pvYi97aWR9OmNhbmNlbBJnCghSZXRyeUpvYhIcLmRpc3BhdGNoLnYxLlJldHJ5Sm9iUmVxdWVzdBodLmRpc3BhdGNoLnYxLlJldHJ5Sm9iUmVzcG9uc2UiHoLT5JMCGDoBKiITL2FwaS9qb2Ive2lkfTpyZXRyeRJiCgpMaXN0UXVldWVzEh4uZGlzcGF0Y2gudjEuTGlzdFF1ZXVlc1JlcXVlc3QaHy5kaXNwYXRjaC52MS5MaXN0UXVldWVzUmVzcG9uc2UiE4LT5JMCDRILL2FwaS9xdWV1ZXMScQoKUGF1c2VRdWV1ZRIeLmRpc3BhdGNoLnYxLlBhdXNlUXVldWVSZXF1ZXN0Gh8uZGlzcGF0Y2gudjEuUGF1c2VRdWV1ZVJlc3BvbnNlIiKC0+STAhw6ASoiFy9hcGkvcXVldWUve25hbWV9OnBhdXNlEnUKC1Jlc3VtZVF1ZXVlEh8uZGlzcGF0Y2gudjEuUmVzdW1lUXVldWVSZXF1ZXN0GiAuZGlzcGF0Y2gudjEuUmVzdW1lUXVldWVSZXNwb25zZSIjgtPkkwIdOgEqIhgvYXBpL3F1ZXVlL3tuYW1lfTpyZXN1bWUSWwoIR2V0U3RhdHMSHC5kaXNwYXRjaC52MS5HZXRTdGF0c1JlcXVlc3QaHS5kaXNwYXRjaC52MS5HZXRTdGF0c1Jlc3BvbnNlIhKC0+STAgwSCi9hcGkvc3RhdHMSZgoLTGlzdFdvcmtlcnMSHy5kaXNwYXRjaC52MS5MaXN0V29ya2Vyc1JlcXVlc3QaIC5kaXNwYXRjaC52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlIhSC0+STAg4SDC9hcGkvd29ya2Vyc2IGcHJvdG8z", [file_dispatch_v1_job, file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Request for CreateJob.
@@ -204,6 +204,21 @@ export type ListJobsRequest = Message<"dispatch.v1.ListJobsRequest"> & {
    * @generated from field: string page_token = 4;
    */
   pageToken: string;
+
+  /**
+   * Only jobs of this type; empty for every type.
+   *
+   * @generated from field: string type = 5;
+   */
+  type: string;
+
+  /**
+   * Only jobs carrying every one of these labels, each written "key=value" (at most 16).
+   * REST: repeat the parameter, `?labels=env=prod&labels=team=billing`.
+   *
+   * @generated from field: repeated string labels = 6;
+   */
+  labels: string[];
 };
 
 /**
@@ -227,7 +242,9 @@ export type ListJobsResponse = Message<"dispatch.v1.ListJobsResponse"> & {
   jobs: Job[];
 
   /**
-   * Pass as page_token to get the next page; empty on the last page.
+   * Pass as page_token to get the next page; empty on the last page. With a type or label
+   * filter a page can hold fewer jobs than page_size (even none) and still have a next page:
+   * each call looks at a bounded number of jobs.
    *
    * @generated from field: string next_page_token = 2;
    */
@@ -411,6 +428,224 @@ export const ListQueuesResponseSchema: GenMessage<ListQueuesResponse> = /*@__PUR
   messageDesc(file_dispatch_v1_job_service, 15);
 
 /**
+ * Request for PauseQueue.
+ *
+ * @generated from message dispatch.v1.PauseQueueRequest
+ */
+export type PauseQueueRequest = Message<"dispatch.v1.PauseQueueRequest"> & {
+  /**
+   * The queue: 1 to 128 characters of [A-Za-z0-9_-].
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message dispatch.v1.PauseQueueRequest.
+ * Use `create(PauseQueueRequestSchema)` to create a new message.
+ */
+export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_job_service, 16);
+
+/**
+ * Response for PauseQueue.
+ *
+ * @generated from message dispatch.v1.PauseQueueResponse
+ */
+export type PauseQueueResponse = Message<"dispatch.v1.PauseQueueResponse"> & {
+  /**
+   * The queue after the call, paused.
+   *
+   * @generated from field: dispatch.v1.QueueInfo queue = 1;
+   */
+  queue?: QueueInfo | undefined;
+};
+
+/**
+ * Describes the message dispatch.v1.PauseQueueResponse.
+ * Use `create(PauseQueueResponseSchema)` to create a new message.
+ */
+export const PauseQueueResponseSchema: GenMessage<PauseQueueResponse> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_job_service, 17);
+
+/**
+ * Request for ResumeQueue.
+ *
+ * @generated from message dispatch.v1.ResumeQueueRequest
+ */
+export type ResumeQueueRequest = Message<"dispatch.v1.ResumeQueueRequest"> & {
+  /**
+   * The queue: 1 to 128 characters of [A-Za-z0-9_-].
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message dispatch.v1.ResumeQueueRequest.
+ * Use `create(ResumeQueueRequestSchema)` to create a new message.
+ */
+export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_job_service, 18);
+
+/**
+ * Response for ResumeQueue.
+ *
+ * @generated from message dispatch.v1.ResumeQueueResponse
+ */
+export type ResumeQueueResponse = Message<"dispatch.v1.ResumeQueueResponse"> & {
+  /**
+   * The queue after the call, not paused.
+   *
+   * @generated from field: dispatch.v1.QueueInfo queue = 1;
+   */
+  queue?: QueueInfo | undefined;
+};
+
+/**
+ * Describes the message dispatch.v1.ResumeQueueResponse.
+ * Use `create(ResumeQueueResponseSchema)` to create a new message.
+ */
+export const ResumeQueueResponseSchema: GenMessage<ResumeQueueResponse> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_job_service, 19);
+
+/**
+ * Request for GetStats.
+ *
+ * @generated from message dispatch.v1.GetStatsRequest
+ */
+export type GetStatsRequest = Message<"dispatch.v1.GetStatsRequest"> & {
+  /**
+   * Only this queue; empty for every queue together.
+   *
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+
+  /**
+   * How many minutes back, 1 to 1440; 0 means 60.
+   *
+   * @generated from field: uint32 minutes = 2;
+   */
+  minutes: number;
+};
+
+/**
+ * Describes the message dispatch.v1.GetStatsRequest.
+ * Use `create(GetStatsRequestSchema)` to create a new message.
+ */
+export const GetStatsRequestSchema: GenMessage<GetStatsRequest> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_job_service, 20);
+
+/**
+ * Response for GetStats.
+ *
+ * @generated from message dispatch.v1.GetStatsResponse
+ */
+export type GetStatsResponse = Message<"dispatch.v1.GetStatsResponse"> & {
+  /**
+   * One entry per minute, oldest first, the last one being the current (partial) minute.
+   *
+   * @generated from field: repeated dispatch.v1.StatsMinute minutes = 1;
+   */
+  minutes: StatsMinute[];
+};
+
+/**
+ * Describes the message dispatch.v1.GetStatsResponse.
+ * Use `create(GetStatsResponseSchema)` to create a new message.
+ */
+export const GetStatsResponseSchema: GenMessage<GetStatsResponse> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_job_service, 21);
+
+/**
+ * What finished in one minute.
+ *
+ * @generated from message dispatch.v1.StatsMinute
+ */
+export type StatsMinute = Message<"dispatch.v1.StatsMinute"> & {
+  /**
+   * The start of the minute.
+   *
+   * @generated from field: google.protobuf.Timestamp start = 1;
+   */
+  start?: Timestamp | undefined;
+
+  /**
+   * Jobs that SUCCEEDED.
+   *
+   * @generated from field: uint64 succeeded = 2;
+   */
+  succeeded: bigint;
+
+  /**
+   * Jobs that ended FAILED (dead-lettered).
+   *
+   * @generated from field: uint64 failed = 3;
+   */
+  failed: bigint;
+
+  /**
+   * Failed attempts that will be retried.
+   *
+   * @generated from field: uint64 retried = 4;
+   */
+  retried: bigint;
+
+  /**
+   * Jobs that ended CANCELLED.
+   *
+   * @generated from field: uint64 cancelled = 5;
+   */
+  cancelled: bigint;
+};
+
+/**
+ * Describes the message dispatch.v1.StatsMinute.
+ * Use `create(StatsMinuteSchema)` to create a new message.
+ */
+export const StatsMinuteSchema: GenMessage<StatsMinute> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_job_service, 22);
+
+/**
+ * Request for ListWorkers.
+ *
+ * @generated from message dispatch.v1.ListWorkersRequest
+ */
+export type ListWorkersRequest = Message<"dispatch.v1.ListWorkersRequest"> & {
+};
+
+/**
+ * Describes the message dispatch.v1.ListWorkersRequest.
+ * Use `create(ListWorkersRequestSchema)` to create a new message.
+ */
+export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_job_service, 23);
+
+/**
+ * Response for ListWorkers.
+ *
+ * @generated from message dispatch.v1.ListWorkersResponse
+ */
+export type ListWorkersResponse = Message<"dispatch.v1.ListWorkersResponse"> & {
+  /**
+   * Workers seen within the last three announce intervals, by id.
+   *
+   * @generated from field: repeated dispatch.v1.WorkerInfo workers = 1;
+   */
+  workers: WorkerInfo[];
+};
+
+/**
+ * Describes the message dispatch.v1.ListWorkersResponse.
+ * Use `create(ListWorkersResponseSchema)` to create a new message.
+ */
+export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_job_service, 24);
+
+/**
  * The producer and operator API: submit jobs, follow them, and manage them.
  *
  * @generated from service dispatch.v1.JobService
@@ -494,7 +729,7 @@ export const JobService: GenService<{
     output: typeof RetryJobResponseSchema;
   },
   /**
-   * Lists every queue that has held a job, with counts per state.
+   * Lists every queue that holds a job or is paused, with counts per state.
    *
    * @generated from rpc dispatch.v1.JobService.ListQueues
    */
@@ -502,6 +737,53 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof ListQueuesRequestSchema;
     output: typeof ListQueuesResponseSchema;
+  },
+  /**
+   * Pauses a queue: its jobs stay QUEUED (new ones and due ones are still queued) and are
+   * not run, and no attempt is used. A claim of its jobs is refused with FAILED_PRECONDITION,
+   * and workers stop pulling its run messages (they learn it from Announce). Pausing a paused
+   * queue changes nothing; a queue need not exist yet to be paused. Admin role.
+   *
+   * @generated from rpc dispatch.v1.JobService.PauseQueue
+   */
+  pauseQueue: {
+    methodKind: "unary";
+    input: typeof PauseQueueRequestSchema;
+    output: typeof PauseQueueResponseSchema;
+  },
+  /**
+   * Resumes a paused queue: its QUEUED jobs run again, in the order their run messages were
+   * published (creation order, to within a relay batch). Resuming a queue that
+   * is not paused changes nothing. Admin role.
+   *
+   * @generated from rpc dispatch.v1.JobService.ResumeQueue
+   */
+  resumeQueue: {
+    methodKind: "unary";
+    input: typeof ResumeQueueRequestSchema;
+    output: typeof ResumeQueueResponseSchema;
+  },
+  /**
+   * Jobs finished per minute over the last minutes, per queue or for all queues: what the
+   * dashboard charts. Counted when the outcome is published, so a count can be one high after
+   * a dispatch crash; minutes with nothing finished are returned with zero counts.
+   *
+   * @generated from rpc dispatch.v1.JobService.GetStats
+   */
+  getStats: {
+    methodKind: "unary";
+    input: typeof GetStatsRequestSchema;
+    output: typeof GetStatsResponseSchema;
+  },
+  /**
+   * Lists the workers that announced themselves recently (see WorkerService.Announce).
+   *
+   * @generated from rpc dispatch.v1.JobService.ListWorkers
+   */
+  listWorkers: {
+    methodKind: "unary";
+    input: typeof ListWorkersRequestSchema;
+    output: typeof ListWorkersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dispatch_v1_job_service, 0);

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dispatch/v1/worker_service.proto.
  */
 export const file_dispatch_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBkaXNwYXRjaC92MS93b3JrZXJfc2VydmljZS5wcm90bxILZGlzcGF0Y2gudjEijQEKD0NsYWltSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIRCgl3b3JrZXJfaWQYAyABKAkSMQoObGVhc2VfZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEwoLdHJhY2VwYXJlbnQYBSABKAkiMQoQQ2xhaW1Kb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5kaXNwYXRjaC52MS5Kb2IikQEKEEhlYXJ0YmVhdFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhAKCGxlYXNlX2lkGAIgASgJEigKCHByb2dyZXNzGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjEKDmxlYXNlX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uImEKEUhlYXJ0YmVhdFJlc3BvbnNlEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYASABKAgSMgoObGVhc2VfZGVhZGxpbmUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInMKEkNvbXBsZXRlSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEAoIbGVhc2VfaWQYAiABKAkSJgoGcmVzdWx0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhMKC3RyYWNlcGFyZW50GAQgASgJIjQKE0NvbXBsZXRlSm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuZGlzcGF0Y2gudjEuSm9iIoQBCg5GYWlsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEAoIbGVhc2VfaWQYAiABKAkSDQoFZXJyb3IYAyABKAkSEQoJcmV0cnlhYmxlGAQgASgIEi4KC3JldHJ5X2RlbGF5GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjAKD0ZhaWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5kaXNwYXRjaC52MS5Kb2IiQAoQQ2xhaW1Kb2JzUmVxdWVzdBIsCgZjbGFpbXMYASADKAsyHC5kaXNwYXRjaC52MS5DbGFpbUpvYlJlcXVlc3QiQQoRQ2xhaW1Kb2JzUmVzcG9uc2USLAoHcmVzdWx0cxgBIAMoCzIbLmRpc3BhdGNoLnYxLkNsYWltSm9iUmVzdWx0IlYKDkNsYWltSm9iUmVzdWx0Eh0KA2pvYhgBIAEoCzIQLmRpc3BhdGNoLnYxLkpvYhIlCgVlcnJvchgCIAEoCzIWLmRpc3BhdGNoLnYxLkl0ZW1FcnJvciJLChNDb21wbGV0ZUpvYnNSZXF1ZXN0EjQKC2NvbXBsZXRpb25zGAEgAygLMh8uZGlzcGF0Y2gudjEuQ29tcGxldGVKb2JSZXF1ZXN0IkcKFENvbXBsZXRlSm9ic1Jlc3BvbnNlEi8KB3Jlc3VsdHMYASADKAsyHi5kaXNwYXRjaC52MS5Db21wbGV0ZUpvYlJlc3VsdCJwChFDb21wbGV0ZUpvYlJlc3VsdBIOCgZqb2JfaWQYASABKAkSJAoFc3RhdGUYAiABKA4yFS5kaXNwYXRjaC52MS5Kb2JTdGF0ZRIlCgVlcnJvchgDIAEoCzIWLmRpc3BhdGNoLnYxLkl0ZW1FcnJvciIqCglJdGVtRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJMq4FCg1Xb3JrZXJTZXJ2aWNlEmsKCENsYWltSm9iEhwuZGlzcGF0Y2gudjEuQ2xhaW1Kb2JSZXF1ZXN0Gh0uZGlzcGF0Y2gudjEuQ2xhaW1Kb2JSZXNwb25zZSIigtPkkwIcOgEqIhcvYXBpL2pvYi97am9iX2lkfTpjbGFpbRJmCglDbGFpbUpvYnMSHS5kaXNwYXRjaC52MS5DbGFpbUpvYnNSZXF1ZXN0Gh4uZGlzcGF0Y2gudjEuQ2xhaW1Kb2JzUmVzcG9uc2UiGoLT5JMCFDoBKiIPL2FwaS9qb2JzOmNsYWltEnIKCUhlYXJ0YmVhdBIdLmRpc3BhdGNoLnYxLkhlYXJ0YmVhdFJlcXVlc3QaHi5kaXNwYXRjaC52MS5IZWFydGJlYXRSZXNwb25zZSImgtPkkwIgOgEqIhsvYXBpL2pvYi97am9iX2lkfTpoZWFydGJlYXQSdwoLQ29tcGxldGVKb2ISHy5kaXNwYXRjaC52MS5Db21wbGV0ZUpvYlJlcXVlc3QaIC5kaXNwYXRjaC52MS5Db21wbGV0ZUpvYlJlc3BvbnNlIiWC0+STAh86ASoiGi9hcGkvam9iL3tqb2JfaWR9OmNvbXBsZXRlEnIKDENvbXBsZXRlSm9icxIgLmRpc3BhdGNoLnYxLkNvbXBsZXRlSm9ic1JlcXVlc3QaIS5kaXNwYXRjaC52MS5Db21wbGV0ZUpvYnNSZXNwb25zZSIdgtPkkwIXOgEqIhIvYXBpL2pvYnM6Y29tcGxldGUSZwoHRmFpbEpvYhIbLmRpc3BhdGNoLnYxLkZhaWxKb2JSZXF1ZXN0GhwuZGlzcGF0Y2gudjEuRmFpbEpvYlJlc3BvbnNlIiGC0+STAhs6ASoiFi9hcGkvam9iL3tqb2JfaWR9OmZhaWxiBnByb3RvMw", [file_dispatch_v1_job, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiBkaXNwYXRjaC92MS93b3JrZXJfc2VydmljZS5wcm90bxILZGlzcGF0Y2gudjEijQEKD0NsYWltSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIRCgl3b3JrZXJfaWQYAyABKAkSMQoObGVhc2VfZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEwoLdHJhY2VwYXJlbnQYBSABKAkiMQoQQ2xhaW1Kb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5kaXNwYXRjaC52MS5Kb2IikQEKEEhlYXJ0YmVhdFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhAKCGxlYXNlX2lkGAIgASgJEigKCHByb2dyZXNzGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjEKDmxlYXNlX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uImEKEUhlYXJ0YmVhdFJlc3BvbnNlEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYASABKAgSMgoObGVhc2VfZGVhZGxpbmUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInMKEkNvbXBsZXRlSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEAoIbGVhc2VfaWQYAiABKAkSJgoGcmVzdWx0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhMKC3RyYWNlcGFyZW50GAQgASgJIjQKE0NvbXBsZXRlSm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuZGlzcGF0Y2gudjEuSm9iIoQBCg5GYWlsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEAoIbGVhc2VfaWQYAiABKAkSDQoFZXJyb3IYAyABKAkSEQoJcmV0cnlhYmxlGAQgASgIEi4KC3JldHJ5X2RlbGF5GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjAKD0ZhaWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5kaXNwYXRjaC52MS5Kb2IiQAoQQ2xhaW1Kb2JzUmVxdWVzdBIsCgZjbGFpbXMYASADKAsyHC5kaXNwYXRjaC52MS5DbGFpbUpvYlJlcXVlc3QiQQoRQ2xhaW1Kb2JzUmVzcG9uc2USLAoHcmVzdWx0cxgBIAMoCzIbLmRpc3BhdGNoLnYxLkNsYWltSm9iUmVzdWx0IlYKDkNsYWltSm9iUmVzdWx0Eh0KA2pvYhgBIAEoCzIQLmRpc3BhdGNoLnYxLkpvYhIlCgVlcnJvchgCIAEoCzIWLmRpc3BhdGNoLnYxLkl0ZW1FcnJvciJLChNDb21wbGV0ZUpvYnNSZXF1ZXN0EjQKC2NvbXBsZXRpb25zGAEgAygLMh8uZGlzcGF0Y2gudjEuQ29tcGxldGVKb2JSZXF1ZXN0IkcKFENvbXBsZXRlSm9ic1Jlc3BvbnNlEi8KB3Jlc3VsdHMYASADKAsyHi5kaXNwYXRjaC52MS5Db21wbGV0ZUpvYlJlc3VsdCJwChFDb21wbGV0ZUpvYlJlc3VsdBIOCgZqb2JfaWQYASABKAkSJAoFc3RhdGUYAiABKA4yFS5kaXNwYXRjaC52MS5Kb2JTdGF0ZRIlCgVlcnJvchgDIAEoCzIWLmRpc3BhdGNoLnYxLkl0ZW1FcnJvciIqCglJdGVtRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJIvMBCg9Bbm5vdW5jZVJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEjgKBnF1ZXVlcxgCIAMoCzIoLmRpc3BhdGNoLnYxLkFubm91bmNlUmVxdWVzdC5RdWV1ZXNFbnRyeRIRCglpbl9mbGlnaHQYAyABKA0SEAoIaG9zdG5hbWUYBCABKAkSDwoHdmVyc2lvbhgFIAEoCRIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtRdWV1ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKA06AjgBIlYKEEFubm91bmNlUmVzcG9uc2USFQoNcGF1c2VkX3F1ZXVlcxgBIAMoCRIrCghpbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbjKkBgoNV29ya2VyU2VydmljZRJrCghDbGFpbUpvYhIcLmRpc3BhdGNoLnYxLkNsYWltSm9iUmVxdWVzdBodLmRpc3BhdGNoLnYxLkNsYWltSm9iUmVzcG9uc2UiIoLT5JMCHDoBKiIXL2FwaS9qb2Ive2pvYl9pZH06Y2xhaW0SZgoJQ2xhaW1Kb2JzEh0uZGlzcGF0Y2gudjEuQ2xhaW1Kb2JzUmVxdWVzdBoeLmRpc3BhdGNoLnYxLkNsYWltSm9ic1Jlc3BvbnNlIhqC0+STAhQ6ASoiDy9hcGkvam9iczpjbGFpbRJyCglIZWFydGJlYXQSHS5kaXNwYXRjaC52MS5IZWFydGJlYXRSZXF1ZXN0Gh4uZGlzcGF0Y2gudjEuSGVhcnRiZWF0UmVzcG9uc2UiJoLT5JMCIDoBKiIbL2FwaS9qb2Ive2pvYl9pZH06aGVhcnRiZWF0EncKC0NvbXBsZXRlSm9iEh8uZGlzcGF0Y2gudjEuQ29tcGxldGVKb2JSZXF1ZXN0GiAuZGlzcGF0Y2gudjEuQ29tcGxldGVKb2JSZXNwb25zZSIlgtPkkwIfOgEqIhovYXBpL2pvYi97am9iX2lkfTpjb21wbGV0ZRJyCgxDb21wbGV0ZUpvYnMSIC5kaXNwYXRjaC52MS5Db21wbGV0ZUpvYnNSZXF1ZXN0GiEuZGlzcGF0Y2gudjEuQ29tcGxldGVKb2JzUmVzcG9uc2UiHYLT5JMCFzoBKiISL2FwaS9qb2JzOmNvbXBsZXRlEmcKB0ZhaWxKb2ISGy5kaXNwYXRjaC52MS5GYWlsSm9iUmVxdWVzdBocLmRpc3BhdGNoLnYxLkZhaWxKb2JSZXNwb25zZSIhgtPkkwIbOgEqIhYvYXBpL2pvYi97am9iX2lkfTpmYWlsEnQKCEFubm91bmNlEhwuZGlzcGF0Y2gudjEuQW5ub3VuY2VSZXF1ZXN0Gh0uZGlzcGF0Y2gudjEuQW5ub3VuY2VSZXNwb25zZSIrgtPkkwIlOgEqIiAvYXBpL3dvcmtlci97d29ya2VyX2lkfTphbm5vdW5jZWIGcHJvdG8z", [file_dispatch_v1_job, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Request for ClaimJob.
@@ -472,6 +472,90 @@ export const ItemErrorSchema: GenMessage<ItemError> = /*@__PURE__*/
   messageDesc(file_dispatch_v1_worker_service, 14);
 
 /**
+ * Request for Announce.
+ *
+ * @generated from message dispatch.v1.AnnounceRequest
+ */
+export type AnnounceRequest = Message<"dispatch.v1.AnnounceRequest"> & {
+  /**
+   * The worker's id: 1 to 128 characters of [A-Za-z0-9_.:-].
+   *
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+
+  /**
+   * The queues it takes jobs from, with how many it runs at once on each (at most 256).
+   *
+   * @generated from field: map<string, uint32> queues = 2;
+   */
+  queues: { [key: string]: number };
+
+  /**
+   * Jobs it is running now.
+   *
+   * @generated from field: uint32 in_flight = 3;
+   */
+  inFlight: number;
+
+  /**
+   * The host it runs on (at most 256 characters).
+   *
+   * @generated from field: string hostname = 4;
+   */
+  hostname: string;
+
+  /**
+   * What it runs (at most 256 characters).
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
+
+  /**
+   * When it started.
+   *
+   * @generated from field: google.protobuf.Timestamp started_at = 6;
+   */
+  startedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message dispatch.v1.AnnounceRequest.
+ * Use `create(AnnounceRequestSchema)` to create a new message.
+ */
+export const AnnounceRequestSchema: GenMessage<AnnounceRequest> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_worker_service, 15);
+
+/**
+ * Response for Announce.
+ *
+ * @generated from message dispatch.v1.AnnounceResponse
+ */
+export type AnnounceResponse = Message<"dispatch.v1.AnnounceResponse"> & {
+  /**
+   * The queues paused now (of every queue, not only the worker's), sorted.
+   *
+   * @generated from field: repeated string paused_queues = 1;
+   */
+  pausedQueues: string[];
+
+  /**
+   * When to announce again.
+   *
+   * @generated from field: google.protobuf.Duration interval = 2;
+   */
+  interval?: Duration | undefined;
+};
+
+/**
+ * Describes the message dispatch.v1.AnnounceResponse.
+ * Use `create(AnnounceResponseSchema)` to create a new message.
+ */
+export const AnnounceResponseSchema: GenMessage<AnnounceResponse> = /*@__PURE__*/
+  messageDesc(file_dispatch_v1_worker_service, 16);
+
+/**
  * The worker protocol. A worker takes a `job_run.<queue>` message from NATS, claims the job,
  * heartbeats while it runs, and reports the outcome with the lease id it was given.
  *
@@ -547,6 +631,19 @@ export const WorkerService: GenService<{
     methodKind: "unary";
     input: typeof FailJobRequestSchema;
     output: typeof FailJobResponseSchema;
+  },
+  /**
+   * Says the worker is alive and what it runs, every few seconds (the reply says how often).
+   * Listed by JobService.ListWorkers. The reply names the paused queues: a worker stops
+   * pulling run messages of those until they are resumed (a claim of their jobs would be
+   * refused anyway).
+   *
+   * @generated from rpc dispatch.v1.WorkerService.Announce
+   */
+  announce: {
+    methodKind: "unary";
+    input: typeof AnnounceRequestSchema;
+    output: typeof AnnounceResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dispatch_v1_worker_service, 0);
