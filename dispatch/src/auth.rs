@@ -62,10 +62,9 @@ const ADMIN: &[Role] = &[Role::Admin];
 pub fn allowed(rpc: &str) -> Option<&'static [Role]> {
     let (service, method) = rpc.split_once('/')?;
     Some(match (service, method) {
-        (
-            "dispatch.v1.JobService",
-            "GetJob" | "ListJobs" | "WatchJob" | "ListQueues" | "GetStats" | "ListWorkers",
-        ) => READ,
+        ("dispatch.v1.JobService", "GetJob" | "ListJobs" | "WatchJob" | "ListQueues" | "GetStats" | "ListWorkers") => {
+            READ
+        }
         ("dispatch.v1.JobService", "CreateJob" | "CreateJobs" | "CancelJob" | "RetryJob") => WRITE,
         ("dispatch.v1.JobService", "PauseQueue" | "ResumeQueue") => ADMIN,
         (

@@ -310,7 +310,10 @@ mod tests {
         let id = layout.new_id(Partition(3));
         let t = store::id_time_ms(&id).unwrap();
         assert!(t >= before && t <= store::now_ms(), "{t} not within the call");
-        assert_eq!(store::id_time_ms("0190a5b2-7c3d-7e8f-9a0b-1c2d3e4f0003"), Some(0x0190a5b27c3d));
+        assert_eq!(
+            store::id_time_ms("0190a5b2-7c3d-7e8f-9a0b-1c2d3e4f0003"),
+            Some(0x0190a5b27c3d)
+        );
         assert_eq!(store::id_time_ms("short"), None);
         assert_eq!(store::id_time_ms("zzzzzzzz-zzzz"), None);
     }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus;
 use crate::config::Loops;
 use crate::metrics::Metrics;
-use crate::store::{Outcome, OutboxEntry, Partition, Store};
+use crate::store::{OutboxEntry, Outcome, Partition, Store};
 
 /// Runs until `shutdown` is cancelled. `wake` is notified after every local transition.
 pub async fn run(
@@ -216,14 +216,25 @@ async fn publish_batch(
 const MAX_ACKS_IN_FLIGHT: usize = 2_048;
 
 /// A publish waiting for its ack: the entry, the outcome it reports, the ack.
-type Pending = ((usize, String), Option<(u64, String, Outcome)>, jetstream::context::PublishAckFuture);
+type Pending = (
+    (usize, String),
+    Option<(u64, String, Outcome)>,
+    jetstream::context::PublishAckFuture,
+);
 
 /// Waits for `acks`; the published ones go to `done` and their outcomes to `outcomes`.
 /// Returns how many failed.
-async fn await_acks(acks: Vec<Pending>, done: &mut Vec<(usize, String)>, outcomes: &mut Outcomes, metrics: &Metrics) -> usize {
-    let results =
-        futures::future::join_all(acks.into_iter().map(|(id, outcome, ack)| async move { (id, outcome, ack.await) }))
-            .await;
+async fn await_acks(
+    acks: Vec<Pending>,
+    done: &mut Vec<(usize, String)>,
+    outcomes: &mut Outcomes,
+    metrics: &Metrics,
+) -> usize {
+    let results = futures::future::join_all(
+        acks.into_iter()
+            .map(|(id, outcome, ack)| async move { (id, outcome, ack.await) }),
+    )
+    .await;
     let mut failed = 0;
     for (id, outcome, r) in results {
         match r {

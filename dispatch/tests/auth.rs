@@ -24,10 +24,9 @@ fn expected_roles(rpc: &str) -> Option<Vec<Role>> {
     use Role::*;
     let (service, method) = rpc.split_once('/')?;
     Some(match (service, method) {
-        (
-            "dispatch.v1.JobService",
-            "GetJob" | "ListJobs" | "WatchJob" | "ListQueues" | "GetStats" | "ListWorkers",
-        ) => vec![Viewer, Producer, Admin],
+        ("dispatch.v1.JobService", "GetJob" | "ListJobs" | "WatchJob" | "ListQueues" | "GetStats" | "ListWorkers") => {
+            vec![Viewer, Producer, Admin]
+        }
         ("dispatch.v1.JobService", "CreateJob" | "CreateJobs" | "CancelJob" | "RetryJob") => vec![Producer, Admin],
         ("dispatch.v1.JobService", "PauseQueue" | "ResumeQueue") => vec![Admin],
         ("dispatch.v1.WorkerService", _) => vec![Worker, Admin],

@@ -461,7 +461,14 @@ async fn announcements(s: &Stack, worker_id: &str, n: usize) {
 }
 
 async fn queue_info(s: &Stack, name: &str) -> Option<pb::QueueInfo> {
-    let queues = s.jobs().await.list_queues(pb::ListQueuesRequest {}).await.unwrap().into_inner().queues;
+    let queues = s
+        .jobs()
+        .await
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .queues;
     queues.into_iter().find(|q| q.name == name)
 }
 
@@ -488,7 +495,13 @@ async fn a_paused_queue_keeps_its_jobs_queued_and_resume_runs_them_in_order() {
     // the creation order (across partitions the relay publishes in batches).
     let mut ids = Vec::new();
     for i in 0..5u64 {
-        ids.push(s.create(json!({"queue":"slow","type":"noop","payload":{"i":i}})).await.job.unwrap().id);
+        ids.push(
+            s.create(json!({"queue":"slow","type":"noop","payload":{"i":i}}))
+                .await
+                .job
+                .unwrap()
+                .id,
+        );
         eventually("the run message in the stream", T, || async {
             (run_messages(&s, "slow").await == i + 1).then_some(())
         })
@@ -499,7 +512,11 @@ async fn a_paused_queue_keeps_its_jobs_queued_and_resume_runs_them_in_order() {
         let j = s.get(id).await;
         assert_eq!((j.state, j.attempt), (JobState::Queued as i32, 1), "{id}");
     }
-    assert_eq!(run_messages(&s, "slow").await, 5, "the worker pulled a paused queue's messages");
+    assert_eq!(
+        run_messages(&s, "slow").await,
+        5,
+        "the worker pulled a paused queue's messages"
+    );
     let refused = s
         .workers_api()
         .await
@@ -517,7 +534,13 @@ async fn a_paused_queue_keeps_its_jobs_queued_and_resume_runs_them_in_order() {
     assert!(info.paused);
     assert_eq!(info.depth, 5);
     assert!(info.oldest_queued_created_at.is_some());
-    let listed = s.jobs().await.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner();
+    let listed = s
+        .jobs()
+        .await
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let w = listed.workers.iter().find(|w| w.worker_id == worker).unwrap();
     assert_eq!(w.queues.get("slow"), Some(&1));
     assert!(w.version.starts_with("dispatch-worker "), "{w:?}");
@@ -537,13 +560,19 @@ async fn a_paused_queue_keeps_its_jobs_queued_and_resume_runs_them_in_order() {
         let t = j.started_at.unwrap();
         started.push((t.seconds, t.nanos));
     }
-    assert!(started.windows(2).all(|w| w[0] <= w[1]), "not run oldest first: {started:?}");
+    assert!(
+        started.windows(2).all(|w| w[0] <= w[1]),
+        "not run oldest first: {started:?}"
+    );
     assert!(!queue_info(&s, "slow").await.unwrap().paused);
     eventually("the per-minute counts to see five successes", T, || {
         let mut jobs = jobs.clone();
         async move {
             let stats = jobs
-                .get_stats(pb::GetStatsRequest { queue: "slow".into(), minutes: 5 })
+                .get_stats(pb::GetStatsRequest {
+                    queue: "slow".into(),
+                    minutes: 5,
+                })
                 .await
                 .ok()?
                 .into_inner();
@@ -566,7 +595,9 @@ async fn a_run_message_dropped_while_paused_is_written_again_on_resume() {
     })
     .await;
     let mut jobs = s.jobs().await;
-    jobs.pause_queue(pb::PauseQueueRequest { name: "default".into() }).await.unwrap();
+    jobs.pause_queue(pb::PauseQueueRequest { name: "default".into() })
+        .await
+        .unwrap();
     let id = s.create(json!({"queue":"default","type":"noop"})).await.job.unwrap().id;
     // A foreign worker: pull, claim (refused), ack.
     let js = async_nats::jetstream::new(s.nats_client().await);
@@ -600,7 +631,10 @@ async fn a_run_message_dropped_while_paused_is_written_again_on_resume() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     msg.ack().await.unwrap();
-    eventually("the message gone", T, || async { (run_messages(&s, "default").await == 0).then_some(()) }).await;
+    eventually("the message gone", T, || async {
+        (run_messages(&s, "default").await == 0).then_some(())
+    })
+    .await;
     // A work-queue stream takes one consumer per subject: the foreign worker leaves.
     stream.delete_consumer("foreign").await.unwrap();
     // A pause-aware worker on the queue; the sweeper (every 200 ms, after 100 ms) runs while
@@ -610,7 +644,9 @@ async fn a_run_message_dropped_while_paused_is_written_again_on_resume() {
     announcements(&s, &worker, 3).await;
     assert_eq!(run_messages(&s, "default").await, 0, "re-published while paused");
     assert_eq!(s.get(&id).await.state, JobState::Queued as i32);
-    jobs.resume_queue(pb::ResumeQueueRequest { name: "default".into() }).await.unwrap();
+    jobs.resume_queue(pb::ResumeQueueRequest { name: "default".into() })
+        .await
+        .unwrap();
     let done = s.wait_state(&id, JobState::Succeeded, T).await;
     assert_eq!(done.attempt, 1);
     s.stop().await;

@@ -627,3 +627,148 @@ async fn an_open_event_stream_does_not_hold_up_shutdown() {
     .await;
     assert!(rest.is_ok(), "the stream ended at shutdown");
 }
+
+/// The description of the first field violation.
+fn first_description(r: &Reply) -> String {
+    r.json["error"]["details"][0]["fieldViolations"][0]["description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Pass: the rough edges a newcomer hit are gone. A value of the wrong kind says what the
+/// field takes (no parser internals); violations name fields as the caller wrote them; a page
+/// token dispatch did not hand out is refused; ListJobs filters by type and labels; ListQueues
+/// shows zero counts; pause and resume work over REST and a queue's pause shows in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_speak_the_callers_language_and_listings_filter() {
+    let s = Stack::start().await;
+    let http = Http::new(&s);
+
+    let r = http
+        .post(
+            "/api/job",
+            json!({"queue": "q", "type": "t", "options": {"maxAttempts": -1}}),
+        )
+        .await;
+    assert_error(&r, 400, "INVALID_ARGUMENT");
+    assert_eq!(violations(&r), vec!["options.maxAttempts"]);
+    assert_eq!(first_description(&r), "must be a whole number from 0 to 4294967295");
+    let r = http.get("/api/jobs?pageSize=-1").await;
+    assert_error(&r, 400, "INVALID_ARGUMENT");
+    assert_eq!(violations(&r), vec!["pageSize"]);
+    assert!(!first_description(&r).contains("invalid digit"), "{}", r.json);
+    // Service-side checks: named in the caller's spelling, camelCase or snake_case.
+    let r = http
+        .post(
+            "/api/job",
+            json!({"queue": "q", "type": "t", "options": {"maxAttempts": 5000}}),
+        )
+        .await;
+    assert_eq!(violations(&r), vec!["options.maxAttempts"], "{}", r.json);
+    assert!(
+        r.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("options.maxAttempts")
+    );
+    let r = http
+        .post(
+            "/api/job",
+            json!({"queue": "q", "type": "t", "options": {"max_attempts": 5000}}),
+        )
+        .await;
+    assert_eq!(violations(&r), vec!["options.max_attempts"], "{}", r.json);
+    let r = http.get("/api/jobs?pageToken=garbage").await;
+    assert_error(&r, 400, "INVALID_ARGUMENT");
+    assert_eq!(violations(&r), vec!["pageToken"]);
+    let r = http.get("/api/jobs?labels=nokey").await;
+    assert_eq!(violations(&r), vec!["labels[0]"], "{}", r.json);
+
+    // Filters: type, labels (every one must match), both; pages through a filter.
+    let mut ids = std::collections::HashMap::new();
+    for (name, ty, env, team) in [
+        ("a", "report", "prod", "x"),
+        ("b", "report", "dev", "x"),
+        ("c", "email", "prod", "y"),
+        ("d", "report", "prod", "y"),
+    ] {
+        let r = http
+            .post(
+                "/api/job",
+                json!({"queue": "lq", "type": ty, "options": {"labels": {"env": env, "team": team}, "delay": "3600s"}}),
+            )
+            .await;
+        ids.insert(r.json["job"]["id"].as_str().unwrap().to_string(), name);
+    }
+    let names = |r: &Reply| -> Vec<&str> {
+        let mut v: Vec<&str> = r.json["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| ids[j["id"].as_str().unwrap()])
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(&http.get("/api/jobs?queue=lq&type=report").await),
+        ["a", "b", "d"]
+    );
+    assert_eq!(
+        names(&http.get("/api/jobs?queue=lq&labels=env=prod").await),
+        ["a", "c", "d"]
+    );
+    assert_eq!(
+        names(&http.get("/api/jobs?queue=lq&labels=env=prod&labels=team=y").await),
+        ["c", "d"]
+    );
+    assert_eq!(
+        names(&http.get("/api/jobs?queue=lq&type=report&labels=team=y").await),
+        ["d"]
+    );
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = http
+            .get(&format!("/api/jobs?queue=lq&type=report&pageSize=1&pageToken={token}"))
+            .await;
+        seen.extend(names(&r).into_iter().map(str::to_string));
+        token = r.json["nextPageToken"].as_str().unwrap_or("").to_string();
+        if token.is_empty() {
+            break;
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "b", "d"]);
+
+    // ListQueues: every count, zeros included; pause and resume over REST.
+    let r = http.get("/api/queues").await;
+    let lq = r.json["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "lq")
+        .unwrap()
+        .clone();
+    assert_eq!(lq["scheduled"], "4", "{lq}");
+    for field in ["depth", "running", "succeeded", "failed", "cancelled"] {
+        assert_eq!(lq[field], "0", "{field} in {lq}");
+    }
+    assert_eq!(lq["paused"], false);
+    let r = http.post("/api/queue/lq:pause", json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json["queue"]["paused"], true);
+    assert!(r.json["queue"]["pausedAt"].is_string());
+    let r = http.post("/api/queue/bad%20name:pause", json!({})).await;
+    assert_error(&r, 400, "INVALID_ARGUMENT");
+    assert_eq!(violations(&r), vec!["name"]);
+    let r = http.post("/api/queue/lq:resume", json!({})).await;
+    assert_eq!(r.json["queue"]["paused"], false, "{}", r.json);
+    let r = http.get("/api/stats?queue=lq&minutes=3").await;
+    assert_eq!(r.json["minutes"].as_array().unwrap().len(), 3, "{}", r.json);
+    assert_eq!(r.json["minutes"][0]["succeeded"], "0");
+    let r = http.get("/api/stats?minutes=5000").await;
+    assert_eq!(violations(&r), vec!["minutes"]);
+    s.stop().await;
+}

@@ -20,7 +20,17 @@ struct Index {
     enums: HashMap<String, Vec<String>>,
     /// `dispatch.v1.JobService/CreateJob` → input message full name.
     inputs: HashMap<String, String>,
+    /// `dispatch.v1.JobService/CreateJob` → output message full name.
+    outputs: HashMap<String, String>,
 }
+
+/// Messages whose JSON shows every scalar field, zero or not (proto3 JSON leaves out the
+/// defaults): a queue with no failed job says `"failed": 0`.
+const EVERY_FIELD: &[&str] = &[
+    "dispatch.v1.QueueInfo",
+    "dispatch.v1.StatsMinute",
+    "dispatch.v1.WorkerInfo",
+];
 
 static INDEX: LazyLock<Index> = LazyLock::new(|| {
     let mut index = Index {
@@ -28,6 +38,7 @@ static INDEX: LazyLock<Index> = LazyLock::new(|| {
         map_entries: BTreeSet::new(),
         enums: HashMap::new(),
         inputs: HashMap::new(),
+        outputs: HashMap::new(),
     };
     let Ok(set) = FileDescriptorSet::decode(dispatch_client::FILE_DESCRIPTOR_SET) else {
         return index;
@@ -45,10 +56,13 @@ static INDEX: LazyLock<Index> = LazyLock::new(|| {
         }
         for s in &file.service {
             for m in &s.method {
-                index.inputs.insert(
-                    format!("{package}.{}/{}", s.name(), m.name()),
-                    m.input_type().trim_start_matches('.').to_string(),
-                );
+                let rpc = format!("{package}.{}/{}", s.name(), m.name());
+                index
+                    .inputs
+                    .insert(rpc.clone(), m.input_type().trim_start_matches('.').to_string());
+                index
+                    .outputs
+                    .insert(rpc, m.output_type().trim_start_matches('.').to_string());
             }
         }
     }
@@ -76,7 +90,10 @@ fn field_at(rpc: &str, path: &str) -> Option<(FieldDescriptorProto, bool)> {
             None => (segment, false),
         };
         let fields = INDEX.messages.get(&message)?;
-        let f = fields.iter().find(|f| f.json_name() == name || f.name() == name)?.clone();
+        let f = fields
+            .iter()
+            .find(|f| f.json_name() == name || f.name() == name)?
+            .clone();
         if f.r#type() == Type::Message {
             message = f.type_name().trim_start_matches('.').to_string();
         }
@@ -132,6 +149,64 @@ pub fn expected(rpc: &str, path: &str) -> Option<String> {
         return Some(format!("must be a list, each item {}", kind(&f)));
     }
     Some(format!("must be {}", kind(&f)))
+}
+
+/// Adds the default of every scalar field left out of the messages of [`EVERY_FIELD`] in
+/// `rpc`'s response JSON (64-bit integers as strings, as proto3 JSON writes them).
+pub fn show_defaults(rpc: &str, json: &mut Value) {
+    fn walk(message: &str, v: &mut Value) {
+        let Some(fields) = INDEX.messages.get(message) else {
+            return;
+        };
+        let Value::Object(obj) = v else { return };
+        let every = EVERY_FIELD.contains(&message);
+        for f in fields {
+            match f.r#type() {
+                Type::Message => {
+                    let inner = f.type_name().trim_start_matches('.');
+                    if INDEX.map_entries.contains(inner) {
+                        if every {
+                            obj.entry(f.json_name()).or_insert_with(|| Value::Object(Map::new()));
+                        }
+                        continue;
+                    }
+                    match obj.get_mut(f.json_name()) {
+                        Some(Value::Array(items)) => items.iter_mut().for_each(|i| walk(inner, i)),
+                        Some(item) => walk(inner, item),
+                        None => {}
+                    }
+                }
+                _ if !every => {}
+                _ if f.label() == Label::Repeated => {
+                    obj.entry(f.json_name()).or_insert_with(|| Value::Array(Vec::new()));
+                }
+                Type::Bool => {
+                    obj.entry(f.json_name()).or_insert(Value::Bool(false));
+                }
+                Type::String | Type::Bytes => {
+                    obj.entry(f.json_name()).or_insert_with(|| Value::String(String::new()));
+                }
+                Type::Enum => {
+                    let first = INDEX
+                        .enums
+                        .get(f.type_name().trim_start_matches('.'))
+                        .and_then(|v| v.first().cloned())
+                        .unwrap_or_default();
+                    obj.entry(f.json_name()).or_insert(Value::String(first));
+                }
+                // Proto3 JSON writes 64-bit integers as strings.
+                Type::Int64 | Type::Uint64 | Type::Sint64 | Type::Fixed64 | Type::Sfixed64 => {
+                    obj.entry(f.json_name()).or_insert_with(|| Value::String("0".into()));
+                }
+                _ => {
+                    obj.entry(f.json_name()).or_insert_with(|| Value::from(0));
+                }
+            }
+        }
+    }
+    if let Some(message) = INDEX.outputs.get(rpc) {
+        walk(message, json);
+    }
 }
 
 /// The keys written with an underscore anywhere in a request body (`max_attempts`): the
@@ -235,24 +310,61 @@ mod tests {
         assert!(expected(CREATE, "options.runAt").unwrap().contains("RFC 3339"));
         assert!(expected(CREATE, "options.labels").unwrap().contains("each a string"));
         assert_eq!(
-            expected("dispatch.v1.JobService/CreateJobs", "jobs[2].options.backoff.multiplier").unwrap(),
+            expected(
+                "dispatch.v1.JobService/CreateJobs",
+                "jobs[2].options.backoff.multiplier"
+            )
+            .unwrap(),
             "must be a number"
         );
-        assert!(expected("dispatch.v1.JobService/CreateJobs", "jobs").unwrap().starts_with("must be a list"));
+        assert!(
+            expected("dispatch.v1.JobService/CreateJobs", "jobs")
+                .unwrap()
+                .starts_with("must be a list")
+        );
         assert!(
             expected("dispatch.v1.JobService/ListJobs", "state")
                 .unwrap()
                 .contains("JOB_STATE_QUEUED")
         );
-        assert!(expected("dispatch.v1.JobService/ListJobs", "labels").unwrap().starts_with("must be a list"));
+        assert!(
+            expected("dispatch.v1.JobService/ListJobs", "labels")
+                .unwrap()
+                .starts_with("must be a list")
+        );
         assert_eq!(expected(CREATE, "nope"), None);
         assert_eq!(expected("no.Such/Rpc", "queue"), None);
     }
 
     #[test]
+    fn queue_counts_show_zeros() {
+        let mut v: Value =
+            serde_json::from_str(r#"{"queues":[{"name":"a","depth":"2"},{"name":"b","failed":"1"}]}"#).unwrap();
+        show_defaults("dispatch.v1.JobService/ListQueues", &mut v);
+        let a = &v["queues"][0];
+        assert_eq!(
+            (&a["depth"], &a["failed"], &a["running"]),
+            (&Value::from("2"), &Value::from("0"), &Value::from("0"))
+        );
+        assert_eq!(a["paused"], Value::Bool(false));
+        assert_eq!(v["queues"][1]["depth"], "0");
+        // Timestamps stay out when unset; other messages keep proto3's omissions.
+        assert!(a.get("pausedAt").is_none());
+        let mut job: Value = serde_json::from_str(r#"{"job":{"id":"x"}}"#).unwrap();
+        show_defaults("dispatch.v1.JobService/GetJob", &mut job);
+        assert!(job["job"].get("attempt").is_none());
+        let mut q: Value = serde_json::from_str(r#"{"queue":{"name":"a","paused":true}}"#).unwrap();
+        show_defaults("dispatch.v1.JobService/PauseQueue", &mut q);
+        assert_eq!(q["queue"]["cancelled"], "0");
+    }
+
+    #[test]
     fn paths_follow_the_callers_spelling() {
         let none = BTreeSet::new();
-        assert_eq!(as_written("jobs[0].options.max_attempts", &none), "jobs[0].options.maxAttempts");
+        assert_eq!(
+            as_written("jobs[0].options.max_attempts", &none),
+            "jobs[0].options.maxAttempts"
+        );
         assert_eq!(as_written("page_size", &none), "pageSize");
         assert_eq!(as_written("queue", &none), "queue");
         let body: Map<String, Value> =

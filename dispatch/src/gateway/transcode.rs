@@ -193,7 +193,10 @@ fn decode<Req: DeserializeOwned>(rpc: &str, json: Map<String, Value>) -> Result<
     serde_path_to_error::deserialize(Value::Object(json)).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
-            return error::field_violation("body", &format!("must be a JSON object of the request: {}", e.into_inner()));
+            return error::field_violation(
+                "body",
+                &format!("must be a JSON object of the request: {}", e.into_inner()),
+            );
         }
         let description = super::fields::expected(rpc, &path).unwrap_or_else(|| e.into_inner().to_string());
         error::field_violation(&path, &description)
@@ -215,10 +218,12 @@ fn request<Req>(msg: Req, headers: &HeaderMap, identity: Option<&crate::auth::Id
     req
 }
 
-/// The proto3 JSON of a response, with integral numbers printed as integers.
-fn to_json<T: Serialize>(msg: &T) -> Result<Value, serde_json::Error> {
+/// The proto3 JSON of a response of `rpc`, with integral numbers printed as integers and
+/// counts shown even when zero.
+fn to_json<T: Serialize>(rpc: &str, msg: &T) -> Result<Value, serde_json::Error> {
     let mut v = serde_json::to_value(msg)?;
     dispatch_client::json::normalize_numbers(&mut v);
+    super::fields::show_defaults(rpc, &mut v);
     Ok(v)
 }
 
@@ -239,7 +244,7 @@ where
         .await
         .map_err(|s| super::fields::in_callers_words(s, &snake))
     {
-        Ok(resp) => match to_json(resp.get_ref()) {
+        Ok(resp) => match to_json(input.rpc, resp.get_ref()) {
             Ok(v) => (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -264,6 +269,7 @@ where
     Fut: Future<Output = Result<tonic::Response<St>, tonic::Status>>,
 {
     let snake = super::fields::snake_keys(&input.json);
+    let rpc = input.rpc;
     let msg = match decode::<Req>(input.rpc, input.json) {
         Ok(m) => m,
         Err(s) => return error::response(&s),
@@ -279,7 +285,7 @@ where
                 return futures::future::ready(None);
             }
             let event = match item {
-                Ok(msg) => match to_json(&msg) {
+                Ok(msg) => match to_json(rpc, &msg) {
                     Ok(v) => Event::default().data(v.to_string()),
                     Err(e) => Event::default().event("error").data(e.to_string()),
                 },

@@ -196,7 +196,9 @@ impl JobService for JobApi {
             let filtered = !r.r#type.is_empty() || !labels.is_empty();
             let keep = |j: &store::JobRecord| {
                 (r.r#type.is_empty() || j.job_type == r.r#type)
-                    && labels.iter().all(|(k, v)| j.labels.get(*k).map(String::as_str) == Some(*v))
+                    && labels
+                        .iter()
+                        .all(|(k, v)| j.labels.get(*k).map(String::as_str) == Some(*v))
             };
             // Unfiltered: one extra id tells whether another page exists. Filtered: jobs are
             // read a slice at a time and kept when they match, up to a bounded number read per
@@ -402,7 +404,10 @@ impl JobService for JobApi {
         .await
     }
 
-    async fn pause_queue(&self, req: Request<pb::PauseQueueRequest>) -> Result<Response<pb::PauseQueueResponse>, Status> {
+    async fn pause_queue(
+        &self,
+        req: Request<pb::PauseQueueRequest>,
+    ) -> Result<Response<pb::PauseQueueResponse>, Status> {
         let span = super::rpc_span("dispatch.v1.JobService/PauseQueue", req.metadata());
         async move {
             let key = super::key_name(req.extensions()).to_string();
@@ -430,14 +435,25 @@ impl JobService for JobApi {
             let mut errs = FieldErrors::default();
             validate::queue_name(&mut errs, "name", &name);
             errs.into_result(())?;
-            let was = self.0.store.resume_queue(&name).await.map_err(|e| self.0.store_err(e))?;
+            let was = self
+                .0
+                .store
+                .resume_queue(&name)
+                .await
+                .map_err(|e| self.0.store_err(e))?;
             if was {
                 tracing::warn!(audit = true, key = %key, queue = %name, "queue resumed");
                 // Run messages dropped while it was paused are written again now, not after the
                 // sweeper's age limit; a failure here is repaired by the sweeper later.
                 let s = &self.0;
-                match crate::background::sweep_resumed(&s.store, &s.js, &s.config.streams.run_stream, &name, &s.relay_wake)
-                    .await
+                match crate::background::sweep_resumed(
+                    &s.store,
+                    &s.js,
+                    &s.config.streams.run_stream,
+                    &name,
+                    &s.relay_wake,
+                )
+                .await
                 {
                     Ok(n) if n > 0 => tracing::info!(queue = %name, jobs = n, "run messages written again on resume"),
                     Ok(_) => {}
@@ -464,7 +480,12 @@ impl JobService for JobApi {
             }
             errs.into_result(())?;
             let minutes = if r.minutes == 0 { 60 } else { u64::from(r.minutes) };
-            let stats = self.0.store.stats(&r.queue, minutes).await.map_err(|e| self.0.store_err(e))?;
+            let stats = self
+                .0
+                .store
+                .stats(&r.queue, minutes)
+                .await
+                .map_err(|e| self.0.store_err(e))?;
             Ok(Response::new(pb::GetStatsResponse {
                 minutes: stats
                     .into_iter()
@@ -517,12 +538,10 @@ impl JobApi {
     /// paused queue is listed even with no job.
     async fn queue_infos(&self, only: Option<&str>) -> Result<Vec<pb::QueueInfo>, Status> {
         let store = &self.0.store;
-        let (counts, paused) = tokio::try_join!(store.queue_counts(), store.paused_queues())
-            .map_err(|e| self.0.store_err(e))?;
-        let mut by_name: std::collections::BTreeMap<String, Option<store::QueueCounts>> = counts
-            .into_iter()
-            .map(|q| (q.name.clone(), Some(q)))
-            .collect();
+        let (counts, paused) =
+            tokio::try_join!(store.queue_counts(), store.paused_queues()).map_err(|e| self.0.store_err(e))?;
+        let mut by_name: std::collections::BTreeMap<String, Option<store::QueueCounts>> =
+            counts.into_iter().map(|q| (q.name.clone(), Some(q))).collect();
         for q in paused.keys() {
             by_name.entry(q.clone()).or_insert(None);
         }
@@ -532,7 +551,10 @@ impl JobApi {
         }
         let waiting: Vec<String> = by_name
             .iter()
-            .filter(|(_, c)| c.as_ref().is_some_and(|c| c.counts.get("QUEUED").copied().unwrap_or(0) > 0))
+            .filter(|(_, c)| {
+                c.as_ref()
+                    .is_some_and(|c| c.counts.get("QUEUED").copied().unwrap_or(0) > 0)
+            })
             .map(|(q, _)| q.clone())
             .collect();
         let oldest = store.oldest_queued(&waiting).await.map_err(|e| self.0.store_err(e))?;

@@ -93,10 +93,7 @@ impl Store {
     /// The paused queues and when each was paused (ms since the epoch).
     pub async fn paused_queues(&self) -> Result<BTreeMap<String, u64>, Error> {
         let all: HashMap<String, String> = self.client.hgetall(PAUSED).await?;
-        Ok(all
-            .into_iter()
-            .map(|(q, at)| (q, at.parse().unwrap_or(0)))
-            .collect())
+        Ok(all.into_iter().map(|(q, at)| (q, at.parse().unwrap_or(0))).collect())
     }
 
     /// Adds finished jobs to their minute's counts: (minute start ms, queue, outcome) → n.
@@ -141,7 +138,9 @@ impl Store {
                 ..MinuteStats::default()
             };
             for (field, n) in fields {
-                let Some((q, outcome)) = field.rsplit_once('|') else { continue };
+                let Some((q, outcome)) = field.rsplit_once('|') else {
+                    continue;
+                };
                 if !queue.is_empty() && q != queue {
                     continue;
                 }
