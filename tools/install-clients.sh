@@ -3,6 +3,7 @@
 #   grpcio-tools, pytest        (PyPI, into .tools/venv)
 #   TypeScript toolchain        (npm ci in clients/typescript: protoc-gen-es, connect, tsc)
 #   protoc, Go 1.19, protoc-gen-go, protoc-gen-go-grpc and the Go gRPC sources (Debian)
+#   chromium (Debian) and playwright-core (npm) for the dashboard test
 # Idempotent; called by tools/gen-clients.sh and tools/test-clients.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +37,17 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   echo "install: ${pkgs[*]} (apt)"
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+fi
+
+# The dashboard's browser test: Debian's Chromium, driven by playwright-core (which never
+# downloads a browser of its own here).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "install: chromium (apt)"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+if [ ! -d tools/dashboard-test/node_modules/playwright-core ] \
+  || [ tools/dashboard-test/package-lock.json -nt tools/dashboard-test/node_modules/.package-lock.json ]; then
+  echo "install: playwright-core (npm ci in tools/dashboard-test)"
+  (cd tools/dashboard-test && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --silent --no-audit --no-fund >/dev/null)
 fi

@@ -5,8 +5,9 @@
 # Redis and NATS that demand passwords and TLS), a short
 # loadcheck on one Redis and on a cluster, a smoke run of the benchmark, `make run`'s
 # supervision (tools/run-check.sh), and on one
-# `make run` stack: the smoke test (grpcurl, the docs' curl examples, schemathesis) and the
-# Python, TypeScript and Go clients' tests.
+# `make run` stack: the smoke test (grpcurl, the docs' curl examples, schemathesis), the
+# Python, TypeScript and Go clients' tests, and the dashboard driven in headless Chromium
+# (screenshots in target/dashboard).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install.sh
@@ -30,5 +31,5 @@ echo "== bench smoke (2,000 jobs batched, 500 singly, 2 s at 200/s, memory: ever
 echo "== make run: a killed worker restarts, stopping is ordered and loses no finished job, a dead dispatch stops the stack"
 tools/run-check.sh
 echo "== generated clients match the proto"; tools/gen-clients.sh --check
-echo "== on a make-run stack: smoke (grpcurl, curl examples, schemathesis), then the clients"
-tools/with-stack.sh bash -c 'tools/smoke.sh && tools/test-clients.sh'
+echo "== on a make-run stack: smoke (grpcurl, curl examples, schemathesis), the clients, the dashboard in headless Chromium"
+tools/with-stack.sh bash -c 'tools/smoke.sh && tools/test-clients.sh && node tools/dashboard-test/test.mjs'

@@ -244,6 +244,11 @@ pub struct Http {
     /// Where to serve `/metrics` on a listener of its own (plain HTTP, no authentication, for
     /// the Prometheus scraper); empty serves it on `http_addr`.
     pub metrics_addr: String,
+    /// Serve the dashboard at `/` (with keys on, it asks for one; its actions need their role).
+    pub dashboard: bool,
+    /// Jaeger's UI (e.g. `http://127.0.0.1:16686`): the dashboard links a job's trace id to
+    /// it. Empty: no link.
+    pub jaeger_url: String,
 }
 
 impl Default for Http {
@@ -256,6 +261,8 @@ impl Default for Http {
             idle_timeout_ms: 120_000,
             cors_origins: Vec::new(),
             metrics_addr: String::new(),
+            dashboard: true,
+            jaeger_url: String::new(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod background;
 pub mod bus;
 pub mod config;
+pub mod dashboard;
 pub mod gateway;
 pub mod limits;
 pub mod listen;

@@ -187,6 +187,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         keys.clone(),
         shutdown.clone(),
     );
+    let http_router = if config.http.dashboard {
+        http_router.merge(crate::dashboard::router(&config.http.jaeger_url))
+    } else {
+        http_router
+    };
     let metrics_router = crate::gateway::metrics_router(metrics.clone(), store.clone());
     let http_router = match metrics_listener {
         // /metrics on its own plain listener (for the scraper), not beside the API.

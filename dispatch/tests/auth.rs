@@ -493,3 +493,64 @@ async fn workers_with_a_worker_key_run_jobs() {
     }
     s.stop().await;
 }
+
+/// Pass: with keys on, the dashboard's files are served to anyone (they hold no data) under a
+/// strict Content-Security-Policy, and the data the page reads still needs a key: a viewer
+/// reads the queues and workers, and may not pause a queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_open_and_its_data_is_not() {
+    let (s, _dir, _file, tokens) = stack_with_keys().await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", s.http);
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+        ("/ui/config.json", "application/json"),
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(
+            r.headers()["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        let csp = r.headers()["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+    }
+    let page = http.get(format!("{base}/")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("/ui/app.js"));
+    let r = http.get(format!("{base}/api/queues")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let viewer = format!("Bearer {}", tokens[&Role::Viewer]);
+    for path in ["/api/queues", "/api/workers", "/api/stats"] {
+        let r = http
+            .get(format!("{base}{path}"))
+            .header("authorization", &viewer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let r = http
+        .post(format!("{base}/api/queue/default:pause"))
+        .header("authorization", &viewer)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let admin = format!("Bearer {}", tokens[&Role::Admin]);
+    let r = http
+        .post(format!("{base}/api/queue/default:pause"))
+        .header("authorization", &admin)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -96,6 +96,21 @@ pub fn job_to_pb(r: &JobRecord) -> pb::Job {
         updated_at: Some(ts(r.updated_at_ms)),
         started_at: r.started_at_ms.map(ts),
         finished_at: r.finished_at_ms.map(ts),
+        trace_id: trace_id(&r.traceparent),
+    }
+}
+
+/// The trace id of a W3C traceparent (`00-<trace id>-<span id>-<flags>`); empty for anything
+/// else, or the all-zero id.
+fn trace_id(traceparent: &str) -> String {
+    let mut parts = traceparent.split('-');
+    match (parts.next(), parts.next()) {
+        (Some(_), Some(id))
+            if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0') =>
+        {
+            id.to_ascii_lowercase()
+        }
+        _ => String::new(),
     }
 }
 
