@@ -451,7 +451,7 @@ async fn last_seen(s: &Stack, worker_id: &str) -> Option<pbjson_types::Timestamp
 async fn announcements(s: &Stack, worker_id: &str, n: usize) {
     let mut seen = last_seen(s, worker_id).await;
     for _ in 0..n {
-        let before = seen.clone();
+        let before = seen;
         seen = eventually("another announcement", T, || async {
             let now = last_seen(s, worker_id).await;
             (now.is_some() && now != before).then_some(now)
