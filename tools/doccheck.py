@@ -9,7 +9,8 @@ Per file, in this order:
   - each ```go block, as `package main` in a scratch GOPATH holding clients/go.
 A block whose info string says `norun` (```python norun) is skipped, as are other languages.
 The default addresses in the examples (localhost:50051, http://127.0.0.1:8080,
-nats://localhost:4222) are pointed at the stack's ports. Exits 1 on the first failure.
+nats://localhost:4222) are pointed at the stack's ports, and target/release/ at the stack's
+build profile (PROFILE). Exits 1 on the first failure.
 
 Usage: tools/with-stack.sh python3 tools/doccheck.py README.md docs/api.md docs/clients.md
 """
@@ -41,6 +42,8 @@ def point_at_stack(code: str, env: dict[str, str]) -> str:
     code = code.replace("http://127.0.0.1:8080", env["STACK_HTTP"])
     for default in ("localhost:4222", "127.0.0.1:4222"):
         code = code.replace(default, nats)
+    # `make run` builds release binaries; the stack may run another profile's.
+    code = code.replace("target/release/", f"target/{os.environ.get('PROFILE', 'release')}/")
     return code
 
 

@@ -123,6 +123,7 @@ fi
 cat <<MSG
 
 Dispatch is running.
+  Dashboard: http://127.0.0.1:$HTTP_PORT/
   gRPC (JobService, WorkerService, reflection, health): 127.0.0.1:$GRPC_PORT
   REST: http://127.0.0.1:$HTTP_PORT/api/...   reference: http://127.0.0.1:$HTTP_PORT/api/docs
   Metrics: http://127.0.0.1:$HTTP_PORT/metrics (dispatch), :$WORKER1_METRICS_PORT/metrics and :$WORKER2_METRICS_PORT/metrics (workers)
@@ -133,6 +134,7 @@ Dispatch is running.
 Try:
   .tools/venv/bin/grpcurl -plaintext 127.0.0.1:$GRPC_PORT list
   curl -s -H 'Content-Type: application/json' -d '{"queue":"default","type":"noop"}' http://127.0.0.1:$HTTP_PORT/api/job
+  DISPATCH_ADDR=http://127.0.0.1:$GRPC_PORT $BIN/dispatchctl queues list
 Ctrl-C stops everything, workers first.
 MSG
 # Redis, NATS or dispatch dying stops the stack (a worker dying does not: its supervisor
