@@ -76,14 +76,15 @@ pub async fn run(
             .flat_map(|(i, b)| b.into_iter().map(move |e| (i, e)))
             .collect();
         let (done, failed, outcomes) = publish_batch(&js, entries, &metrics).await;
-        if let Err(e) = store.record_outcomes(&outcomes).await {
-            tracing::warn!(error = %e, "relay cannot count finished jobs per minute");
-        }
         let mut by_partition: Vec<(Partition, Vec<String>)> = partitions.iter().map(|p| (*p, Vec::new())).collect();
         for (i, id) in done {
             by_partition[i].1.push(id);
         }
-        if let Err(e) = store.outbox_done_many(&by_partition).await {
+        let (counted, deleted) = tokio::join!(store.record_outcomes(&outcomes), store.outbox_done_many(&by_partition));
+        if let Err(e) = counted {
+            tracing::warn!(error = %e, "relay cannot count finished jobs per minute");
+        }
+        if let Err(e) = deleted {
             // The entries stay pending and are published again; dedup drops the repeat.
             tracing::warn!(error = %e, "relay cannot delete published entries");
         }

@@ -475,7 +475,8 @@ async fn queue_info(s: &Stack, name: &str) -> Option<pb::QueueInfo> {
 /// Pass: a queue paused before its jobs arrive keeps them QUEUED on attempt 1 while a worker
 /// that listens on it keeps announcing (its run messages stay in the stream: nothing pulled,
 /// nothing refused, nothing re-published); a claim is refused naming the pause; ListQueues and
-/// ListWorkers show it; resumed, the jobs run oldest first and the per-minute counts see them.
+/// ListWorkers show it (and the worker's other queue, which has no job); resumed, the jobs run
+/// oldest first and the per-minute counts see them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_queue_keeps_its_jobs_queued_and_resume_runs_them_in_order() {
     let mut s = Stack::start_with(|c| c.loops.announce_interval_ms = 200).await;
@@ -489,8 +490,8 @@ async fn a_paused_queue_keeps_its_jobs_queued_and_resume_runs_them_in_order() {
         .unwrap();
     assert!(paused.paused && paused.paused_at.is_some(), "{paused:?}");
     assert_eq!(paused.depth, 0);
-    let worker = s.worker_config(&[("slow", 1)]).worker_id;
-    s.spawn_builtin_worker(&[("slow", 1)]);
+    let worker = s.worker_config(&[("slow", 1), ("idle", 1)]).worker_id;
+    s.spawn_builtin_worker(&[("slow", 1), ("idle", 1)]);
     // One at a time, each published before the next is created: the run stream's order is
     // the creation order (across partitions the relay publishes in batches).
     let mut ids = Vec::new();
@@ -532,6 +533,9 @@ async fn a_paused_queue_keeps_its_jobs_queued_and_resume_runs_them_in_order() {
     assert_eq!(refused.message(), "queue slow is paused");
     let info = queue_info(&s, "slow").await.unwrap();
     assert!(info.paused);
+    // A queue with no job is listed while a worker takes jobs from it.
+    let idle = queue_info(&s, "idle").await.expect("a queue a worker listens on is listed");
+    assert!(!idle.paused && idle.depth == 0);
     assert_eq!(info.depth, 5);
     assert!(info.oldest_queued_created_at.is_some());
     let listed = s

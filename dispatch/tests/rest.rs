@@ -476,7 +476,7 @@ async fn the_error_table_holds_and_bad_input_writes_nothing() {
 
     // 404: unknown path, inside and outside /api.
     assert_error(&http.get("/api/nothing").await, 404, "NOT_FOUND");
-    assert_error(&http.get("/").await, 404, "NOT_FOUND");
+    assert_error(&http.get("/ui/nothing").await, 404, "NOT_FOUND");
     assert_error(
         &http.post(&format!("/api/job/{missing}:explode"), json!({})).await,
         405,

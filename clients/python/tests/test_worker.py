@@ -106,6 +106,33 @@ def test_python_worker_retries_fails_and_cancels(client: Client, py_worker):
     assert ended.state == JobState.JOB_STATE_CANCELLED, ended
 
 
+def test_python_worker_announces_itself_and_honours_a_pause(client: Client, py_worker):
+    queue = py_worker
+    client.pause(queue)
+    try:
+        job = client.create(queue, "py.sync", [1, 2])
+
+        def seen() -> str:
+            return ",".join(str(w.last_seen.ToMilliseconds()) for w in client.list_workers() if w.worker_id == f"pytest-{queue}")
+
+        # Two announcements later (time passes, said by the worker itself) the job still waits.
+        for _ in range(2):
+            before, deadline = seen(), time.monotonic() + 20
+            while seen() in (before, ""):
+                assert time.monotonic() < deadline, "the Python worker does not announce itself"
+                time.sleep(0.05)
+        assert client.get(job.id).state == JobState.JOB_STATE_QUEUED
+        info = next(q for q in client.queues() if q.name == queue)
+        assert info.paused and info.depth == 1
+        worker = next(w for w in client.list_workers() if w.worker_id == f"pytest-{queue}")
+        assert worker.queues[queue] == 4 and worker.version.startswith("dispatch-client")
+        assert [j.id for j in client.list(queue, labels={})] == [job.id]
+    finally:
+        client.resume(queue)
+    done = client.wait(job.id, timeout=20)
+    assert done.state == JobState.JOB_STATE_SUCCEEDED and done.attempt == 1
+
+
 def test_python_producer_rust_worker(client: Client):
     """Jobs from Python run on the Rust workers of the stack (queue "default")."""
     jobs = [client.create("default", "sleep", {"durationMs": 10}) for _ in range(10)]

@@ -509,23 +509,7 @@ impl JobService for JobApi {
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let span = super::rpc_span("dispatch.v1.JobService/ListWorkers", req.metadata());
         async move {
-            let all = self.0.store.workers().await.map_err(|e| self.0.store_err(e))?;
-            let horizon = 3 * self.0.config.loops.announce_interval_ms;
-            let now = store::now_ms();
-            let mut stale = Vec::new();
-            let mut workers = Vec::new();
-            for (id, json) in all {
-                match serde_json::from_str::<super::workers::Announced>(&json) {
-                    Ok(w) if now.saturating_sub(w.last_seen_ms) <= horizon => workers.push(w.to_pb()),
-                    _ => stale.push(id),
-                }
-            }
-            // Gone workers are forgotten a while after they stop announcing, so the hash only
-            // holds the live ones and those that just left.
-            let forget: Vec<String> = stale;
-            if !forget.is_empty() {
-                let _ = self.0.store.forget_workers(&forget).await;
-            }
+            let workers = self.live_workers().await?.iter().map(|w| w.to_pb()).collect();
             Ok(Response::new(pb::ListWorkersResponse { workers }))
         }
         .instrument(span)
@@ -534,8 +518,30 @@ impl JobService for JobApi {
 }
 
 impl JobApi {
+    /// The workers heard from within three announce intervals. The others are forgotten, so
+    /// the hash holds only the live ones and those that just left.
+    async fn live_workers(&self) -> Result<Vec<super::workers::Announced>, Status> {
+        let all = self.0.store.workers().await.map_err(|e| self.0.store_err(e))?;
+        let horizon = 3 * self.0.config.loops.announce_interval_ms;
+        let now = store::now_ms();
+        let mut stale = Vec::new();
+        let mut live = Vec::new();
+        for (id, json) in all {
+            match serde_json::from_str::<super::workers::Announced>(&json) {
+                Ok(w) if now.saturating_sub(w.last_seen_ms) <= horizon => live.push(w),
+                _ => stale.push(id),
+            }
+        }
+        if !stale.is_empty()
+            && let Err(e) = self.0.store.forget_workers(&stale).await
+        {
+            tracing::warn!(error = %e, "cannot forget gone workers");
+        }
+        Ok(live)
+    }
+
     /// Every queue's counts (or just `only`'s), with its pause and its oldest QUEUED job. A
-    /// paused queue is listed even with no job.
+    /// queue is listed when it holds a job, is paused, or a live worker takes jobs from it.
     async fn queue_infos(&self, only: Option<&str>) -> Result<Vec<pb::QueueInfo>, Status> {
         let store = &self.0.store;
         let (counts, paused) =
@@ -544,6 +550,13 @@ impl JobApi {
             counts.into_iter().map(|q| (q.name.clone(), Some(q))).collect();
         for q in paused.keys() {
             by_name.entry(q.clone()).or_insert(None);
+        }
+        if only.is_none() {
+            for w in self.live_workers().await? {
+                for q in w.queues.into_keys() {
+                    by_name.entry(q).or_insert(None);
+                }
+            }
         }
         if let Some(name) = only {
             by_name.retain(|q, _| q == name);

@@ -154,11 +154,15 @@ class Client:
         """The job's record. Raises NotFound when there is none."""
         return self._call(self.jobs.GetJob, job_service_pb2.GetJobRequest(id=job_id)).job
 
-    def list(self, queue: str = "", state: int = JobState.JOB_STATE_UNSPECIFIED, page_size: int = 100) -> Iterator[job_pb2.Job]:
-        """Every job matching the filters, oldest first, fetched a page at a time."""
+    def list(self, queue: str = "", state: int = JobState.JOB_STATE_UNSPECIFIED, page_size: int = 100,
+             type: str = "", labels: Mapping[str, str] | None = None) -> Iterator[job_pb2.Job]:
+        """Every job matching the filters (a job must carry every label given), oldest first,
+        fetched a page at a time."""
         token = ""
+        wanted = [f"{k}={v}" for k, v in (labels or {}).items()]
         while True:
-            req = job_service_pb2.ListJobsRequest(queue=queue, state=state, page_size=page_size, page_token=token)
+            req = job_service_pb2.ListJobsRequest(queue=queue, state=state, page_size=page_size, page_token=token,
+                                                  type=type, labels=wanted)
             resp = self._call(self.jobs.ListJobs, req)
             yield from resp.jobs
             if not resp.next_page_token:
@@ -166,8 +170,20 @@ class Client:
             token = resp.next_page_token
 
     def queues(self) -> list[job_pb2.QueueInfo]:
-        """Depth and counts per state of every queue."""
+        """Depth and counts per state of every queue, and whether it is paused."""
         return list(self._call(self.jobs.ListQueues, job_service_pb2.ListQueuesRequest()).queues)
+
+    def pause(self, queue: str) -> job_pb2.QueueInfo:
+        """Pauses a queue: its jobs wait, QUEUED, until `resume` (admin key)."""
+        return self._call(self.jobs.PauseQueue, job_service_pb2.PauseQueueRequest(name=queue)).queue
+
+    def resume(self, queue: str) -> job_pb2.QueueInfo:
+        """Resumes a paused queue (admin key)."""
+        return self._call(self.jobs.ResumeQueue, job_service_pb2.ResumeQueueRequest(name=queue)).queue
+
+    def list_workers(self) -> list[job_pb2.WorkerInfo]:
+        """The workers that announced themselves in the last few seconds."""
+        return list(self._call(self.jobs.ListWorkers, job_service_pb2.ListWorkersRequest()).workers)
 
     def watch(self, job_id: str, timeout: float | None = None) -> Iterator[job_pb2.JobEvent]:
         """The job's events from its creation on, one per transition; ends after the terminal

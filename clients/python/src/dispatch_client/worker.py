@@ -15,6 +15,9 @@ A handler returns a JSON-able result (SUCCEEDED) or raises: `RetryableError` or 
 exception fails the attempt and lets dispatch retry with backoff; `FatalError` fails the job
 for good. Sync handlers run in a thread. `ctx.cancelled` is set when an operator cancels the job
 or the lease is lost; async handlers are cancelled then.
+
+The worker announces itself to dispatch every few seconds (WorkerService.Announce: it shows in
+ListWorkers and the dashboard) and stops pulling the queues the reply says are paused.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 import nats
 from nats.js import api as js_api
+
+from google.protobuf import timestamp_pb2
 
 from ._convert import from_value, to_duration, to_value
 from .v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
@@ -94,6 +100,10 @@ class Worker:
         self.drain_grace = drain_grace
         self.run_stream = run_stream
         self._handlers: dict[str, Handler] = {}
+        #: Queues dispatch says are paused (from the last announcement, or a refused claim).
+        self.paused: set[str] = set()
+        self._announce_every = 2.0
+        self._started = time.time()
 
     def handler(self, job_type: str) -> Callable[[Handler], Handler]:
         """Registers the decorated function for jobs of `job_type`."""
@@ -132,6 +142,9 @@ class Worker:
                 await asyncio.sleep(0.5)
         running: set[asyncio.Task[None]] = set()
         hand_back = asyncio.Event()
+        # Announce before the first pull, so a queue paused already is never pulled.
+        await self._announce(stub, queues, running)
+        announcer = asyncio.create_task(self._announcer(stub, queues, running, stop))
         pullers = []
         for queue, concurrency in queues.items():
             sub = await js.pull_subscribe(
@@ -143,12 +156,12 @@ class Worker:
                 ),
             )
             slots = asyncio.Semaphore(max(1, concurrency))
-            pullers.append(asyncio.create_task(self._pull(sub, slots, stub, stop, hand_back, running)))
+            pullers.append(asyncio.create_task(self._pull(queue, sub, slots, stub, stop, hand_back, running)))
         log.info("worker %s started on %s", self.worker_id, dict(queues))
         if ready is not None:
             ready.set()
         await stop.wait()
-        await asyncio.gather(*pullers, return_exceptions=True)
+        await asyncio.gather(*pullers, announcer, return_exceptions=True)
         if running:
             _, pending = await asyncio.wait(running, timeout=self.drain_grace)
             if pending:
@@ -159,9 +172,38 @@ class Worker:
         await nc.close()
         log.info("worker %s stopped", self.worker_id)
 
-    async def _pull(self, sub: Any, slots: asyncio.Semaphore, stub: Any, stop: asyncio.Event,
+    async def _announce(self, stub: Any, queues: Mapping[str, int], running: set[asyncio.Task[None]]) -> None:
+        started = timestamp_pb2.Timestamp()
+        started.FromSeconds(int(self._started))
+        req = worker_service_pb2.AnnounceRequest(
+            worker_id=self.worker_id, queues={q: max(1, c) for q, c in queues.items()}, in_flight=len(running),
+            hostname=socket.gethostname()[:256], version="dispatch-client (Python)", started_at=started)
+        try:
+            resp = await stub.Announce(req, timeout=10)
+        except grpc.aio.AioRpcError as e:
+            log.warning("cannot announce to dispatch at %s: %s %s", self.dispatch, e.code().name, e.details())
+            return
+        self.paused = set(resp.paused_queues)
+        if resp.HasField("interval"):
+            self._announce_every = max(0.1, resp.interval.ToTimedelta().total_seconds())
+
+    async def _announcer(self, stub: Any, queues: Mapping[str, int], running: set[asyncio.Task[None]],
+                         stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._announce_every)
+                return
+            except asyncio.TimeoutError:
+                pass
+            await self._announce(stub, queues, running)
+
+    async def _pull(self, queue: str, sub: Any, slots: asyncio.Semaphore, stub: Any, stop: asyncio.Event,
                     hand_back: asyncio.Event, running: set[asyncio.Task[None]]) -> None:
         while not stop.is_set():
+            if queue in self.paused:
+                # Its run messages stay in the stream until it is resumed.
+                await asyncio.sleep(0.2)
+                continue
             await slots.acquire()
             free = 1
             while free < 256 and not slots.locked():
@@ -201,6 +243,8 @@ class Worker:
             job = (await stub.ClaimJob(claim, timeout=10)).job
         except grpc.aio.AioRpcError as e:
             if e.code() in _DROP:
+                if e.details() == f"queue {run.queue} is paused":
+                    self.paused.add(run.queue)  # dispatch writes it again on resume
                 await msg.ack()
             else:
                 log.warning("claim of %s failed (%s); redelivered", run.job_id, e.code().name)
