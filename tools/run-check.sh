@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks `make run`'s supervision (tools/run-local.sh) on free ports in a temporary directory:
-#  1. a worker killed with -9 is restarted, and the restart is said;
+#  1. a worker killed with -9 is restarted, and the restart is said; the jobs it held finish
+#     (retried once their lease expires, on the other worker or on its replacement);
 #  2. SIGTERM while jobs run stops the stack in order (workers drain while dispatch still
 #     answers): after a restart on the same data, those jobs are SUCCEEDED on their first
 #     attempt (recorded, not run again), and the stop took less than 30 s;
@@ -37,14 +38,34 @@ start_stack() {
 
 state_of() { curl -s "$API/job/$1" | python3 -c 'import json,sys; j=json.load(sys.stdin)["job"]; print(j["state"], j.get("attempt", 0))'; }
 
-echo "== run-check: a worker killed with -9 is restarted"
+create_sleep() {
+  curl -s -H 'Content-Type: application/json' \
+    -d "{\"queue\":\"default\",\"type\":\"sleep\",\"payload\":{\"durationMs\":$1}}" "$API/job" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["job"]["id"])'
+}
+worker_of() { curl -s "$API/job/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["job"].get("lease", {}).get("workerId", ""))'; }
+
+echo "== run-check: a worker killed with -9 is restarted, and the jobs it held finish"
 start_stack
-old=$(pgrep -f -- "--worker-id worker-1 " || true)
-[ -n "$old" ] || fail "worker-1 is not running"
+jobs=()
+for i in $(seq 1 8); do jobs+=("$(create_sleep 3000)"); done
+for id in "${jobs[@]}"; do
+  until_true '[ "$(state_of "$id")" = "JOB_STATE_RUNNING 1" ]' 20 || fail "job $id did not start"
+done
+victim=$(worker_of "${jobs[0]}")
+held=()
+for id in "${jobs[@]}"; do [ "$(worker_of "$id")" = "$victim" ] && held+=("$id"); done
+old=$(pgrep -f -- "--worker-id $victim " || true)
+[ -n "$old" ] || fail "$victim is not running"
 kill -9 "$old"
-until_true 'grep -q "worker-1 exited (status 137); restarting it" "$log"' 10 || fail "no restart message"
-until_true 'new=$(pgrep -f -- "--worker-id worker-1 " || true); [ -n "$new" ] && [ "$new" != "$old" ]' 10 \
-  || fail "worker-1 was not restarted"
+until_true 'grep -q "$victim exited (status 137); restarting it" "$log"' 10 || fail "no restart message"
+until_true 'new=$(pgrep -f -- "--worker-id $victim " || true); [ -n "$new" ] && [ "$new" != "$old" ]' 10 \
+  || fail "$victim was not restarted"
+# Its jobs come back when their lease (30 s) expires and run again on attempt 2.
+for id in "${held[@]}"; do
+  until_true '[ "$(state_of "$id")" = "JOB_STATE_SUCCEEDED 2" ]' 90 || fail "job $id held by the killed $victim: $(state_of "$id")"
+done
+echo "run-check: the ${#held[@]} job(s) the killed $victim held finished on attempt 2"
 
 echo "== run-check: SIGTERM while jobs run: workers drain first, the jobs are recorded"
 ids=()

@@ -534,7 +534,9 @@ async fn a_paused_queue_keeps_its_jobs_queued_and_resume_runs_them_in_order() {
     let info = queue_info(&s, "slow").await.unwrap();
     assert!(info.paused);
     // A queue with no job is listed while a worker takes jobs from it.
-    let idle = queue_info(&s, "idle").await.expect("a queue a worker listens on is listed");
+    let idle = queue_info(&s, "idle")
+        .await
+        .expect("a queue a worker listens on is listed");
     assert!(!idle.paused && idle.depth == 0);
     assert_eq!(info.depth, 5);
     assert!(info.oldest_queued_created_at.is_some());
