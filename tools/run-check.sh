@@ -48,11 +48,12 @@ worker_of() { curl -s "$API/job/$1" | python3 -c 'import json,sys; print(json.lo
 echo "== run-check: a worker killed with -9 is restarted, and the jobs it held finish"
 start_stack
 jobs=()
-for i in $(seq 1 8); do jobs+=("$(create_sleep 3000)"); done
+for i in $(seq 1 8); do jobs+=("$(create_sleep 8000)"); done
 for id in "${jobs[@]}"; do
   until_true '[ "$(state_of "$id")" = "JOB_STATE_RUNNING 1" ]' 20 || fail "job $id did not start"
 done
 victim=$(worker_of "${jobs[0]}")
+[ -n "$victim" ] || fail "job ${jobs[0]} runs on no worker: $(curl -s "$API/job/${jobs[0]}")"
 held=()
 for id in "${jobs[@]}"; do [ "$(worker_of "$id")" = "$victim" ] && held+=("$id"); done
 old=$(pgrep -f -- "--worker-id $victim " || true)
