@@ -38,7 +38,8 @@ type JobServiceClient interface {
 	// Re-runs a FAILED or CANCELLED job: it is QUEUED again on a new attempt, with a fresh
 	// budget of max_attempts attempts. Other states give FAILED_PRECONDITION.
 	RetryJob(ctx context.Context, in *RetryJobRequest, opts ...grpc.CallOption) (*RetryJobResponse, error)
-	// Lists every queue that holds a job or is paused, with counts per state.
+	// Lists every queue that holds a job, is paused, or a live worker takes jobs from, with counts
+	// per state.
 	ListQueues(ctx context.Context, in *ListQueuesRequest, opts ...grpc.CallOption) (*ListQueuesResponse, error)
 	// Pauses a queue: its jobs stay QUEUED (new ones and due ones are still queued) and are
 	// not run, and no attempt is used. A claim of its jobs is refused with FAILED_PRECONDITION,
@@ -221,7 +222,8 @@ type JobServiceServer interface {
 	// Re-runs a FAILED or CANCELLED job: it is QUEUED again on a new attempt, with a fresh
 	// budget of max_attempts attempts. Other states give FAILED_PRECONDITION.
 	RetryJob(context.Context, *RetryJobRequest) (*RetryJobResponse, error)
-	// Lists every queue that holds a job or is paused, with counts per state.
+	// Lists every queue that holds a job, is paused, or a live worker takes jobs from, with counts
+	// per state.
 	ListQueues(context.Context, *ListQueuesRequest) (*ListQueuesResponse, error)
 	// Pauses a queue: its jobs stay QUEUED (new ones and due ones are still queued) and are
 	// not run, and no attempt is used. A claim of its jobs is refused with FAILED_PRECONDITION,

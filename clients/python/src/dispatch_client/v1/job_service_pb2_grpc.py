@@ -158,7 +158,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListQueues(self, request, context):
-        """Lists every queue that holds a job or is paused, with counts per state.
+        """Lists every queue that holds a job, is paused, or a live worker takes jobs from, with counts
+        per state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

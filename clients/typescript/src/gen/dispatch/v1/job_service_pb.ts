@@ -729,7 +729,8 @@ export const JobService: GenService<{
     output: typeof RetryJobResponseSchema;
   },
   /**
-   * Lists every queue that holds a job or is paused, with counts per state.
+   * Lists every queue that holds a job, is paused, or a live worker takes jobs from, with counts
+   * per state.
    *
    * @generated from rpc dispatch.v1.JobService.ListQueues
    */
