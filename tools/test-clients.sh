@@ -5,6 +5,8 @@
 #   Python: `pip install ./clients/python` into a fresh venv, then pytest clients/python/tests
 #   TypeScript: tsc, then node's test runner on clients/typescript
 #   Go: GOPATH build of clients/go and `go test`
+#   dashboard: tools/dashboard-test in headless Chromium, on the stack and (keys on) the second
+#     dispatch
 # Usage: tools/with-stack.sh tools/test-clients.sh [python|typescript|go ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +53,7 @@ if $grpcurl -plaintext "$STACK_TLS_GRPC" list >/dev/null 2>&1; then echo "test-c
 if curl -sf "http://127.0.0.1:$tls_http/api/queues" >/dev/null 2>&1; then echo "test-clients: plain HTTP was served" >&2; exit 1; fi
 
 langs=("$@")
-[ ${#langs[@]} -gt 0 ] || langs=(python typescript go)
+[ ${#langs[@]} -gt 0 ] || langs=(python typescript go dashboard)
 
 for lang in "${langs[@]}"; do
   case $lang in
@@ -76,6 +78,10 @@ for lang in "${langs[@]}"; do
         && go vet ./... && go test -count=1 -v ./... 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|\s)' ; exit "${PIPESTATUS[0]}") || rc=$?
       rm -rf "$gopath"
       [ $rc = 0 ] || exit $rc
+      ;;
+    dashboard)
+      echo "== dashboard: headless Chromium on the stack, then with keys on (screenshots in target/dashboard)"
+      STACK_SECURE_HTTP=https://127.0.0.1:$tls_http node tools/dashboard-test/test.mjs
       ;;
     *) echo "test-clients: unknown language $lang" >&2; exit 2 ;;
   esac

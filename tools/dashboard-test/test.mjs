@@ -4,11 +4,15 @@
 //   - a FAILED job is retried from its page until it succeeds, its history on the page;
 //   - a queue is paused and resumed from its page (a job created meanwhile waits, then runs);
 //   - every QUEUED job of a queue with no worker is cancelled by the bulk action, confirmed;
-//   - the workers page lists the two workers.
+//   - the workers page lists the two workers;
+//   - with STACK_SECURE_HTTP (a dispatch with API keys on, as tools/test-clients.sh starts):
+//     the page asks for a key, refuses a wrong one, lets a viewer (STACK_VIEWER_TOKEN) see the
+//     queues and refuses its pause with the reason.
 // Any page error or console error (a Content-Security-Policy violation included) fails it.
 // Screenshots go to $ARTIFACTS (default target/dashboard).
 //
 //   STACK_HTTP=http://127.0.0.1:8080 node tools/dashboard-test/test.mjs
+//   (tools/with-stack.sh tools/test-clients.sh dashboard runs it both ways)
 import { chromium } from 'playwright-core';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -48,6 +52,7 @@ const context = await chromium.launchPersistentContext(profile, {
   executablePath: '/usr/bin/chromium',
   headless: true,
   viewport: { width: 1280, height: 860 },
+  ignoreHTTPSErrors: true, // the keys-on dispatch's certificate is the test CA's
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
     '--disable-component-update', '--disable-sync'],
 });
@@ -136,6 +141,32 @@ try {
   await page.goto(base + '/#/workers');
   await until('two workers listed', async () => (await page.locator('tr[data-worker]').count()) >= 2);
   await page.screenshot({ path: join(artifacts, 'workers.png'), fullPage: true });
+
+  // With keys on (the TLS dispatch of tools/test-clients.sh, sharing this stack's Redis): the
+  // page asks for a key, refuses a wrong one, shows everything to a viewer, and a viewer's
+  // pause is refused with the reason.
+  const secure = process.env.STACK_SECURE_HTTP;
+  if (secure) {
+    step('with keys on: the page asks for a key; a viewer sees and may not pause');
+    const p = await context.newPage();
+    p.setDefaultTimeout(T);
+    p.on('pageerror', (e) => problems.push('page error (keys on): ' + e.message));
+    await p.goto(secure + '/');
+    await p.locator('#login:not([hidden])').waitFor();
+    await p.screenshot({ path: join(artifacts, 'login.png') });
+    await p.locator('#login-token').fill('dsp_not-a-key');
+    await p.locator('#login-form button[type=submit]').click();
+    await p.locator('#login-why', { hasText: 'was refused' }).waitFor();
+    await p.locator('#login-token').fill(process.env.STACK_VIEWER_TOKEN);
+    await p.locator('#login-form button[type=submit]').click();
+    await p.locator('#login').waitFor({ state: 'hidden' });
+    await p.locator('tr[data-queue="default"]').waitFor();
+    await p.locator('tr[data-queue="default"] button', { hasText: 'Pause' }).click();
+    await p.locator('#flash.error', { hasText: 'may not' }).waitFor();
+    await p.locator('#signout').click();
+    await p.locator('#login:not([hidden])').waitFor();
+    await p.close();
+  }
 
   if (problems.length) throw new Error(problems.join('\n'));
   step('ok (screenshots in ' + artifacts + ')');
