@@ -242,38 +242,31 @@ async fn subject_counts(stream: &jetstream::stream::Stream) -> Result<HashMap<St
 }
 
 /// The (job id → attempts) of the run messages the stream holds on `subject` (`expected` of
-/// them), read as headers only by a short-lived ordered consumer.
+/// them), read one by one with the stream's message-get API (a work-queue stream refuses the
+/// ack-less consumer that would read them in bulk, and an acking one would take them from the
+/// workers). Costs one round trip per message; the sweeper only gets here for a queue that has
+/// fewer messages than QUEUED jobs and a job older than `sweep_after_ms`.
 async fn messages_of(
     stream: &jetstream::stream::Stream,
     subject: &str,
     expected: u64,
 ) -> Result<HashMap<String, Vec<u32>>, Failure> {
-    let nats = |e: &dyn std::fmt::Display| Failure::Nats(e.to_string());
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject.to_string(),
-            headers_only: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| nats(&e))?;
-    let mut messages = consumer.messages().await.map_err(|e| nats(&e))?;
+    use jetstream::stream::LastRawMessageErrorKind as Kind;
     let mut present: HashMap<String, Vec<u32>> = HashMap::new();
-    let mut seen = 0u64;
-    while seen < expected {
-        let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
-        let Ok(Some(msg)) = next else { break };
-        let msg = msg.map_err(|e| nats(&e))?;
-        seen += 1;
+    let mut seq = 1u64;
+    for _ in 0..expected {
+        let msg = match stream.get_first_raw_message_by_subject(subject, seq).await {
+            Ok(msg) => msg,
+            Err(e) if e.kind() == Kind::NoMessageFound => break,
+            Err(e) => return Err(Failure::Nats(e.to_string())),
+        };
+        seq = msg.sequence + 1;
         // Nats-Msg-Id: "<id>:<attempt>" or "<id>:<attempt>:s<n>" (see bus::outgoing).
-        if let Some(msg_id) = msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
+        if let Some(msg_id) = msg.headers.get("Nats-Msg-Id") {
             let mut parts = msg_id.as_str().split(':');
             if let (Some(id), Some(Ok(attempt))) = (parts.next(), parts.next().map(str::parse::<u32>)) {
                 present.entry(id.to_string()).or_default().push(attempt);
             }
-        }
-        if msg.info().map(|i| i.pending == 0).unwrap_or(false) {
-            break;
         }
     }
     Ok(present)

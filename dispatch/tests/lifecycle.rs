@@ -366,6 +366,68 @@ async fn a_lost_run_message_is_republished_by_the_sweeper() {
     s.stop().await;
 }
 
+/// Some of a queue's run messages lost, the rest still in the (work-queue) stream: the sweeper
+/// reads which jobs have theirs and writes only the missing ones, so each job has exactly one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partly_lost_queue_gets_only_its_missing_run_messages_again() {
+    let s = Stack::start_with(|c| {
+        c.loops.sweep_after_ms = 300;
+        c.loops.sweeper_interval_ms = 200;
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(s.create(json!({"queue":"partial","type":"noop"})).await.job.unwrap().id);
+    }
+    let js = async_nats::jetstream::new(s.nats_client().await);
+    let stream = js.get_stream("DISPATCH_RUN").await.unwrap();
+    let held = || {
+        let st = stream.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut seq = 1;
+            while let Ok(m) = st.get_first_raw_message_by_subject("job_run.partial", seq).await {
+                seq = m.sequence + 1;
+                let msg_id = m.headers.get("Nats-Msg-Id").unwrap().as_str().to_string();
+                ids.push(msg_id.split(':').next().unwrap().to_string());
+            }
+            ids.sort();
+            ids
+        }
+    };
+    eventually("four run messages published", T, || async {
+        (held().await.len() == 4).then_some(())
+    })
+    .await;
+    // Lose the messages of the first and the third job.
+    let mut seq = 1;
+    let mut lost = Vec::new();
+    while let Ok(m) = stream.get_first_raw_message_by_subject("job_run.partial", seq).await {
+        seq = m.sequence + 1;
+        let id = m
+            .headers
+            .get("Nats-Msg-Id")
+            .unwrap()
+            .as_str()
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string();
+        if id == ids[0] || id == ids[2] {
+            stream.delete_message(m.sequence).await.unwrap();
+            lost.push(id);
+        }
+    }
+    assert_eq!(lost.len(), 2);
+    let mut want = ids.clone();
+    want.sort();
+    eventually("each job has its run message again, once", T, || async {
+        (held().await == want).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
+
 /// Serves one canned HTTP response per connection on a free port; returns the base URL.
 async fn canned_http(status_line: &'static str, body: &'static str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
