@@ -144,9 +144,10 @@ fn operation(api: &Api, r: &Route, schemas: &mut Schemas) -> Value {
     }
     let mut responses = Map::new();
     if r.server_streaming {
-        // The body is text (generators then hand it over as a string rather than parse it as
-        // one JSON document); each event's `data` is described by `x-event-schema` (what
-        // OpenAPI 3.2 calls `itemSchema`).
+        // Each event is described by `itemSchema` (OpenAPI 3.2's field for sequential media,
+        // which validators such as schemathesis read in 3.1 documents too); the stream's own
+        // `schema` says nothing, so client generators hand the body over as text instead of
+        // parsing it as one JSON document (openapi-python-client raised on it before).
         let event = json!({
             "type": "object",
             "required": ["data"],
@@ -170,8 +171,8 @@ fn operation(api: &Api, r: &Route, schemas: &mut Schemas) -> Value {
                     r.output.name()
                 ),
                 "content": {"text/event-stream": {
-                    "schema": {"type": "string"},
-                    "x-event-schema": event,
+                    "schema": {"description": "The event stream, as text; `itemSchema` describes each event."},
+                    "itemSchema": event,
                 }},
             }),
         );
