@@ -197,9 +197,12 @@ async fn sweep_queue(
     {
         return Ok(0);
     }
-    // Find out which jobs lack their message.
+    // Find out which jobs lack their message. The outboxes' oldest entries first: a message
+    // the relay publishes while the stream is read may go unseen, and its job is younger than
+    // the oldest entry of its partition's outbox now.
+    let floors: HashMap<Partition, Option<u64>> = store.outbox_floors().await?.into_iter().collect();
     let present = if held > 0 {
-        messages_of(stream, &subject, held).await?
+        messages_of(stream, &subject, held + SWEEP_SCAN as u64).await?
     } else {
         HashMap::new()
     };
@@ -216,7 +219,7 @@ async fn sweep_queue(
     for (p, jobs) in by_partition {
         let mut n_p = 0;
         for chunk in jobs.chunks(BATCH) {
-            n_p += store.sweep(p, age_ms, chunk).await?;
+            n_p += store.sweep(p, age_ms, floors.get(&p).copied().flatten(), chunk).await?;
         }
         if n_p > 0 {
             wake.notify_one();
@@ -241,20 +244,20 @@ async fn subject_counts(stream: &jetstream::stream::Stream) -> Result<HashMap<St
     Ok(counts)
 }
 
-/// The (job id → attempts) of the run messages the stream holds on `subject` (`expected` of
-/// them), read one by one with the stream's message-get API (a work-queue stream refuses the
+/// The (job id → attempts) of the run messages the stream holds on `subject` (at most
+/// `limit` of them, to its end), read one by one with the stream's message-get API (a work-queue stream refuses the
 /// ack-less consumer that would read them in bulk, and an acking one would take them from the
 /// workers). Costs one round trip per message; the sweeper only gets here for a queue that has
 /// fewer messages than QUEUED jobs and a job older than `sweep_after_ms`.
 async fn messages_of(
     stream: &jetstream::stream::Stream,
     subject: &str,
-    expected: u64,
+    limit: u64,
 ) -> Result<HashMap<String, Vec<u32>>, Failure> {
     use jetstream::stream::LastRawMessageErrorKind as Kind;
     let mut present: HashMap<String, Vec<u32>> = HashMap::new();
     let mut seq = 1u64;
-    for _ in 0..expected {
+    for _ in 0..limit {
         let msg = match stream.get_first_raw_message_by_subject(subject, seq).await {
             Ok(msg) => msg,
             Err(e) if e.kind() == Kind::NoMessageFound => break,

@@ -6,18 +6,22 @@
 -- oldest entry waiting there), or when its queue is paused (its claims are refused, so a
 -- worker that took the message dropped it: resuming writes it again).
 -- KEYS: the partition's (lib.lua), then per job: record
--- ARGV: retention, age_ms, then per job: id, attempts in the stream (",1,2," or ",")
+-- ARGV: retention, age_ms, floor, then per job: id, attempts in the stream (",1,2," or ",")
+--   floor: the time (ms) of the oldest entry this partition's outbox held before the caller
+--   began reading the stream, or "" when it was empty. A job queued at or after it may have
+--   had its message published while the caller was reading, unseen.
 -- Reply: number of run messages written again.
 local now = clock()
 local cutoff = tonumber(now) - tonumber(ARGV[2])
+if ARGV[3] ~= '' and tonumber(ARGV[3]) - 1 < cutoff then cutoff = tonumber(ARGV[3]) - 1 end
 local oldest = redis.call('XRANGE', OUTBOX, '-', '+', 'COUNT', 1)[1]
 if oldest then
   local ms = tonumber(string.match(oldest[1], '^(%d+)'))
   if ms - 1 < cutoff then cutoff = ms - 1 end
 end
 local n = 0
-for i = 0, (#ARGV - 2) / 2 - 1 do
-  local id, present = ARGV[3 + i * 2], ARGV[4 + i * 2]
+for i = 0, (#ARGV - 3) / 2 - 1 do
+  local id, present = ARGV[4 + i * 2], ARGV[5 + i * 2]
   local rk = KEYS[HEADER + 1 + i]
   local job = load(rk, id, { 'type', 'attempt', 'traceparent', 'updated_at', 'swept_at' })
   if job and job.state == 'QUEUED' and not string.find(present, ',' .. job.attempt .. ',', 1, true)
