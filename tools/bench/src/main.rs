@@ -14,6 +14,7 @@
 //! Prints a table, then one JSON line. Exits non-zero when any job did not succeed, so a small
 //! run is a smoke test. Figures come from here, never from timed tests.
 
+mod compare;
 mod stack;
 mod stats;
 
@@ -35,11 +36,12 @@ use stats::{rate, summary};
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Throughput, latency and memory of a Dispatch stack")]
 struct Args {
-    /// No-op jobs of the batched throughput run.
-    #[arg(long, default_value_t = 20_000)]
+    /// No-op jobs of the batched throughput run (the default lasts well over 10 s here, so the
+    /// figure is a steady state, not a burst).
+    #[arg(long, default_value_t = 100_000)]
     jobs: usize,
     /// No-op jobs of the single-submission run (0 skips it).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 40_000)]
     single_jobs: usize,
     /// Jobs per CreateJobs call.
     #[arg(long, default_value_t = 500)]
@@ -83,10 +85,17 @@ struct Args {
     /// Jobs of the warm-up before each run (batched, not measured).
     #[arg(long, default_value_t = 1_000)]
     warmup: usize,
-    /// Runs of the whole suite on the same stack; with more than one, a last JSON line holds
-    /// the median of each figure.
-    #[arg(long, default_value_t = 1)]
+    /// Runs of the whole suite; with more than one, a table of each figure's median and
+    /// spread, then a last JSON line of the medians. Each run starts its own stack (unless one
+    /// runs elsewhere: then all run on it).
+    #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// A directory holding another build's `bench`, `dispatch` and `worker` (say of the commit
+    /// before a change; `tools/bench.sh --baseline-rev REV` builds one): its runs alternate
+    /// with this build's, each on a fresh stack, and both sets are summarised side by side.
+    /// The other flags go to both benches.
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
     /// Give up waiting for a run's jobs after this long.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
@@ -249,11 +258,24 @@ async fn submit(
 
 /// One throughput run's figures.
 struct Throughput {
+    /// First submit → last success, seconds.
+    seconds: f64,
     enqueue_jobs_s: f64,
     e2e_jobs_s: f64,
     failed_attempts: usize,
     /// CPU time per job of each process started here, in µs.
     cpu_us_per_job: Vec<(&'static str, f64)>,
+}
+
+impl Throughput {
+    /// CPU µs per job of the system's processes (all but the bench).
+    fn system_cpu_us(&self) -> f64 {
+        self.cpu_us_per_job
+            .iter()
+            .filter(|(n, _)| *n != "bench")
+            .map(|(_, us)| us)
+            .sum()
+    }
 }
 
 /// CPU seconds used so far by each process.
@@ -290,7 +312,14 @@ async fn throughput(
         .zip(cpu_before)
         .map(|((name, after), (_, before))| (name, (after - before) * 1e6 / ids.len() as f64))
         .collect();
+    let seconds = (last_ms - first_ms).max(1.0) / 1e3;
+    if seconds < 10.0 && args.jobs > args.warmup {
+        println!(
+            "  note: this phase lasted {seconds:.1} s, under the 10 s of a steady state: raise --jobs / --single-jobs"
+        );
+    }
     Ok(Throughput {
+        seconds,
         enqueue_jobs_s: rate(ids.len(), enqueue_s),
         e2e_jobs_s: rate(ids.len(), (last_ms - first_ms).max(1.0) / 1e3),
         failed_attempts,
@@ -369,7 +398,16 @@ async fn memory(args: &Args, client: &JobServiceClient<Channel>, redis_url: &str
     let queue = format!("bench-idle-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let outbox_empty = |r: Client| async move {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while r.xlen::<u64, _>("dispatch:outbox").await? > 0 {
+        // The outboxes of every partition (a bench's own Redis: KEYS is fine here).
+        let outboxes: Vec<String> = r.custom(fred::cmd!("KEYS"), vec!["dispatch:*:outbox"]).await?;
+        loop {
+            let mut left = 0u64;
+            for k in &outboxes {
+                left += r.xlen::<u64, _>(k.as_str()).await?;
+            }
+            if left == 0 {
+                break;
+            }
             anyhow::ensure!(Instant::now() < deadline, "outbox not drained in 60 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -416,41 +454,35 @@ fn lat_row(name: &str, v: [f64; 4]) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut stack = match &args.grpc_url {
-        Some(g) => Stack::existing(
-            g.clone(),
-            args.nats_url.clone().unwrap_or_default(),
-            args.redis_url.clone(),
-        ),
-        None => {
-            Stack::start(&Options {
-                redis_aof: args.redis_aof,
-                worker_concurrency: args.worker_concurrency,
-                workers: args.workers,
-                queues: vec![args.queue.clone()],
-            })
-            .await?
-        }
+    if let Some(dir) = &args.baseline {
+        return compare::alternate(&args, dir);
+    }
+    let options = Options {
+        redis_aof: args.redis_aof,
+        worker_concurrency: args.worker_concurrency,
+        workers: args.workers,
+        queues: vec![args.queue.clone()],
     };
     let mut results = Vec::new();
-    let mut outcome = Ok(());
     for i in 0..args.runs.max(1) {
         if args.runs > 1 {
             println!("== run {} of {}", i + 1, args.runs);
         }
-        match run(&args, &stack).await {
-            Ok(json) => results.push(json),
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        }
+        let mut stack = match &args.grpc_url {
+            Some(g) => Stack::existing(
+                g.clone(),
+                args.nats_url.clone().unwrap_or_default(),
+                args.redis_url.clone(),
+            ),
+            None => Stack::start(&options).await?,
+        };
+        let outcome = run(&args, &stack).await;
+        stack.stop();
+        results.push(outcome?);
     }
-    stack.stop();
-    outcome?;
     if results.len() > 1 {
+        stats::print_spread(&format!("{} runs", results.len()), &[("this build", &results)]);
         // The last line stays one JSON object: here the median of each figure.
-        println!("median of {} runs:", results.len());
         println!("{}", stats::median_json(&results));
     }
     Ok(())
@@ -505,11 +537,22 @@ async fn run(args: &Args, stack: &Stack) -> anyhow::Result<serde_json::Value> {
     );
     row("batched: end to end (jobs/s)", format!("{:.0}", batched.e2e_jobs_s));
     let cpu = |t: &Throughput| {
-        t.cpu_us_per_job
+        let system: Vec<String> = t
+            .cpu_us_per_job
             .iter()
+            .filter(|(n, _)| *n != "bench")
             .map(|(n, us)| format!("{n} {us:.0}"))
-            .collect::<Vec<_>>()
-            .join("  ")
+            .collect();
+        let own = t
+            .cpu_us_per_job
+            .iter()
+            .find(|(n, _)| *n == "bench")
+            .map_or(0.0, |c| c.1);
+        format!(
+            "{} = {:.0}  (bench's own share apart: {own:.0})",
+            system.join(" + "),
+            t.system_cpu_us()
+        )
     };
     if !batched.cpu_us_per_job.is_empty() {
         row("batched: CPU per job (µs)", cpu(&batched));
@@ -541,8 +584,9 @@ async fn run(args: &Args, stack: &Stack) -> anyhow::Result<serde_json::Value> {
     }
     let failed = batched.failed_attempts + single.as_ref().map_or(0, |s| s.failed_attempts);
     row("failed attempts (expected 0)", failed.to_string());
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "e2e_jobs_s": batched.e2e_jobs_s.round(),
+        "e2e_seconds": (batched.seconds * 10.0).round() / 10.0,
         "enqueue_jobs_s": batched.enqueue_jobs_s.round(),
         "single_e2e_jobs_s": single.as_ref().map(|s| s.e2e_jobs_s.round()),
         "single_enqueue_jobs_s": single.as_ref().map(|s| s.enqueue_jobs_s.round()),
@@ -554,6 +598,19 @@ async fn run(args: &Args, stack: &Stack) -> anyhow::Result<serde_json::Value> {
         "worker_rss_mb": worker_rss.map(|r| (r.1 * 10.0).round() / 10.0),
         "jobs": args.jobs,
     });
+    // CPU µs per job, batched run: every process of the system, their sum, and the bench's
+    // own (its submit and its event follower) apart.
+    if let Some(obj) = json.as_object_mut()
+        && !batched.cpu_us_per_job.is_empty()
+    {
+        for (name, us) in &batched.cpu_us_per_job {
+            obj.insert(format!("cpu_{name}_us"), serde_json::json!(us.round()));
+        }
+        obj.insert(
+            "cpu_system_us".into(),
+            serde_json::json!(batched.system_cpu_us().round()),
+        );
+    }
     println!("{json}");
     anyhow::ensure!(failed == 0, "{failed} attempts failed");
     Ok(json)
