@@ -310,6 +310,13 @@ pub struct Loops {
     pub relay_poll_ms: u64,
     /// Outbox entries a relay publishes per batch.
     pub relay_batch: usize,
+    /// `true`: every message the relay publishes waits for its own JetStream ack before its
+    /// outbox entry is deleted. `false` (default): in each batch only the last message of
+    /// each stream asks for an ack; JetStream stores one connection's messages to a stream in
+    /// order, so that ack vouches for the ones before it. Cheaper (one ack round trip per
+    /// batch and stream instead of per message); what it gives up is in
+    /// docs/reliability.md.
+    pub relay_ack_each: bool,
     /// An outbox entry taken by a relay that went quiet this long is taken over by another.
     pub relay_claim_idle_ms: u64,
     /// A relay consumer idle this long and holding no entry belongs to a dispatch that is
@@ -384,6 +391,7 @@ impl Default for Loops {
             sweep_after_ms: 60_000,
             relay_poll_ms: 200,
             relay_batch: 512,
+            relay_ack_each: false,
             relay_claim_idle_ms: 10_000,
             relay_forget_idle_ms: 600_000,
             relay_enabled: true,

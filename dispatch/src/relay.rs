@@ -1,6 +1,8 @@
 //! The outbox relay: publishes outbox entries to JetStream and deletes each one only after
-//! its publish ack. Batched: one read of every partition's outbox (one pipeline), all
-//! publishes in flight at once, one ack/delete per partition (one pipeline).
+//! its publish is acknowledged. Batched: one read of every partition's outbox (one pipeline),
+//! all publishes in flight at once, one ack/delete per partition (one pipeline). By default
+//! only the last message of each stream in a batch asks for an ack, which vouches for the
+//! earlier ones (`Loops::relay_ack_each`; docs/reliability.md says what that gives up).
 //!
 //! Several dispatch replicas share the outboxes through a Redis consumer group per partition;
 //! entries left unacknowledged by a replica that died are taken over after
@@ -75,7 +77,7 @@ pub async fn run(
             .enumerate()
             .flat_map(|(i, b)| b.into_iter().map(move |e| (i, e)))
             .collect();
-        let (done, failed, outcomes) = publish_batch(&js, entries, &metrics).await;
+        let (done, failed, outcomes) = publish_batch(&js, entries, &metrics, cfg.relay_ack_each).await;
         let mut by_partition: Vec<(Partition, Vec<String>)> = partitions.iter().map(|p| (*p, Vec::new())).collect();
         for (i, id) in done {
             by_partition[i].1.push(id);
@@ -149,18 +151,19 @@ async fn backoff(failures: u32, shutdown: &CancellationToken) {
 /// Finished jobs per (minute start ms, queue, outcome), for the per-minute counts.
 type Outcomes = BTreeMap<(u64, String, Outcome), u64>;
 
-/// Publishes every entry (tagged with its partition's index), then waits for all acks.
-/// Returns the (partition index, stream id) of the entries published, and of undecodable ones,
-/// which would never publish, the count that failed, and the outcomes published.
+/// Publishes every entry (tagged with its partition's index), then waits for the acks: of
+/// every message when `ack_each`, else of the last message of each stream in the batch, which
+/// vouches for the ones published before it on this connection (see `Loops::relay_ack_each`).
+/// Returns the (partition index, stream id) of the entries published, and of undecodable
+/// ones, which would never publish, the count that failed, and the outcomes published.
 async fn publish_batch(
     js: &jetstream::Context,
     entries: Vec<(usize, OutboxEntry)>,
     metrics: &Metrics,
+    ack_each: bool,
 ) -> (Vec<(usize, String)>, usize, Outcomes) {
     let mut done = Vec::with_capacity(entries.len());
-    let mut acks = Vec::with_capacity(entries.len());
-    let mut failed = 0;
-    let mut outcomes = Outcomes::new();
+    let mut ready = Vec::with_capacity(entries.len());
     for (part, e) in entries {
         let Some(m) = &e.msg else {
             // Deleted already (acknowledged by another relay after a takeover).
@@ -194,12 +197,42 @@ async fn publish_batch(
             let ms: u64 = m.ts.parse().unwrap_or(0);
             (ms - ms % 60_000, m.queue.clone(), o)
         });
-        match js.publish_with_headers(msg.subject, msg.headers, msg.payload).await {
-            Ok(ack) => acks.push(((part, e.stream_id), outcome, ack)),
-            Err(err) => {
-                tracing::warn!(error = %err, "publish failed");
-                metrics.nats_errors.with_label_values(&["publish"]).inc();
-                failed += 1;
+        ready.push((m.kind == "run", (part, e.stream_id), outcome, msg));
+    }
+    // The last message of each stream asks for the ack that vouches for the others.
+    let last_of = |run: bool| ready.iter().rposition(|r| r.0 == run);
+    let (last_run, last_event) = (last_of(true), last_of(false));
+    let client = js.client();
+    let mut acks = Vec::new();
+    // Entries published without an ack of their own, per stream (run, events), waiting for
+    // the ack of that stream's last message.
+    let mut vouched: [Vec<Vouched>; 2] = [Vec::new(), Vec::new()];
+    let mut failed = 0;
+    let mut outcomes = Outcomes::new();
+    for (i, (run, id, outcome, msg)) in ready.into_iter().enumerate() {
+        let stream = usize::from(!run);
+        if ack_each || Some(i) == last_run || Some(i) == last_event {
+            match js.publish_with_headers(msg.subject, msg.headers, msg.payload).await {
+                Ok(ack) => {
+                    let mut group = std::mem::take(&mut vouched[stream]);
+                    group.push((id, outcome));
+                    acks.push((group, ack));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "publish failed");
+                    metrics.nats_errors.with_label_values(&["publish"]).inc();
+                    failed += 1 + vouched[stream].len();
+                    vouched[stream].clear();
+                }
+            }
+        } else {
+            match client.publish_with_headers(msg.subject, msg.headers, msg.payload).await {
+                Ok(()) => vouched[stream].push((id, outcome)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "publish failed");
+                    metrics.nats_errors.with_label_values(&["publish"]).inc();
+                    failed += 1;
+                }
             }
         }
         // The client lets only so many acks be outstanding (a publish past that waits for one
@@ -212,43 +245,41 @@ async fn publish_batch(
     (done, failed, outcomes)
 }
 
+/// An entry published without an ack of its own, and the outcome it reports.
+type Vouched = ((usize, String), Option<(u64, String, Outcome)>);
+
 /// Publishes whose acks are read together; below async-nats's default limit of outstanding
 /// acks (5,000).
 const MAX_ACKS_IN_FLIGHT: usize = 2_048;
 
-/// A publish waiting for its ack: the entry, the outcome it reports, the ack.
-type Pending = (
-    (usize, String),
-    Option<(u64, String, Outcome)>,
-    jetstream::context::PublishAckFuture,
-);
+/// A publish waiting for its ack: the entries it vouches for (itself last), the ack.
+type Pending = (Vec<Vouched>, jetstream::context::PublishAckFuture);
 
-/// Waits for `acks`; the published ones go to `done` and their outcomes to `outcomes`.
-/// Returns how many failed.
+/// Waits for `acks`; the entries each one vouches for go to `done` and their outcomes to
+/// `outcomes`. Returns how many entries failed.
 async fn await_acks(
     acks: Vec<Pending>,
     done: &mut Vec<(usize, String)>,
     outcomes: &mut Outcomes,
     metrics: &Metrics,
 ) -> usize {
-    let results = futures::future::join_all(
-        acks.into_iter()
-            .map(|(id, outcome, ack)| async move { (id, outcome, ack.await) }),
-    )
-    .await;
+    let results =
+        futures::future::join_all(acks.into_iter().map(|(group, ack)| async move { (group, ack.await) })).await;
     let mut failed = 0;
-    for (id, outcome, r) in results {
+    for (group, r) in results {
         match r {
             Ok(_) => {
-                done.push(id);
-                if let Some(key) = outcome {
-                    *outcomes.entry(key).or_default() += 1;
+                for (id, outcome) in group {
+                    done.push(id);
+                    if let Some(key) = outcome {
+                        *outcomes.entry(key).or_default() += 1;
+                    }
                 }
             }
             Err(err) => {
-                tracing::warn!(error = %err, "publish not acknowledged");
+                tracing::warn!(error = %err, entries = group.len(), "publish not acknowledged");
                 metrics.nats_errors.with_label_values(&["ack"]).inc();
-                failed += 1;
+                failed += group.len();
             }
         }
     }

@@ -238,10 +238,24 @@ async fn dispatch_dying_before_publish_loses_nothing() {
 }
 
 /// Pass: NATS killed with SIGKILL and restarted while jobs flow: every accepted job succeeds,
-/// dispatch and the worker reconnect, and the outbox drains.
+/// dispatch and the worker reconnect, and the outbox drains; with one ack per relay batch
+/// and stream (the default) and with an ack per message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_killed_and_restarted_under_load_loses_nothing() {
-    let mut s = Stack::start_with(|c| c.loops.sweep_after_ms = 2_000).await;
+    nats_killed_and_restarted(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_killed_and_restarted_under_load_loses_nothing_with_an_ack_per_message() {
+    nats_killed_and_restarted(true).await;
+}
+
+async fn nats_killed_and_restarted(ack_each: bool) {
+    let mut s = Stack::start_with(|c| {
+        c.loops.sweep_after_ms = 2_000;
+        c.loops.relay_ack_each = ack_each;
+    })
+    .await;
     s.spawn_builtin_worker(&[("default", 16)]);
     let mut ids = Vec::new();
     for _ in 0..5 {
