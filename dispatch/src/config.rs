@@ -308,7 +308,8 @@ pub struct Loops {
     pub sweep_after_ms: u64,
     /// Longest the relay waits before looking at the outbox again when nothing woke it.
     pub relay_poll_ms: u64,
-    /// Outbox entries a relay publishes per batch.
+    /// Outbox entries a relay reads from each partition per batch; an entry holds the
+    /// messages of one script run, up to 64.
     pub relay_batch: usize,
     /// `true`: every message the relay publishes waits for its own JetStream ack before its
     /// outbox entry is deleted. `false` (default): in each batch only the last message of
@@ -390,7 +391,7 @@ impl Default for Loops {
             sweeper_interval_ms: 5_000,
             sweep_after_ms: 60_000,
             relay_poll_ms: 200,
-            relay_batch: 512,
+            relay_batch: 64,
             relay_ack_each: false,
             relay_claim_idle_ms: 10_000,
             relay_forget_idle_ms: 600_000,

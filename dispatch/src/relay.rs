@@ -71,7 +71,9 @@ pub async fn run(
             continue;
         }
         let full: Vec<bool> = batches.iter().map(|b| b.len() >= cfg.relay_batch).collect();
-        metrics.relay_batch.observe(total as f64);
+        metrics
+            .relay_batch
+            .observe(batches.iter().flatten().map(|e| e.msgs.len()).sum::<usize>() as f64);
         let entries: Vec<(usize, OutboxEntry)> = batches
             .into_iter()
             .enumerate()
@@ -151,11 +153,13 @@ async fn backoff(failures: u32, shutdown: &CancellationToken) {
 /// Finished jobs per (minute start ms, queue, outcome), for the per-minute counts.
 type Outcomes = BTreeMap<(u64, String, Outcome), u64>;
 
-/// Publishes every entry (tagged with its partition's index), then waits for the acks: of
-/// every message when `ack_each`, else of the last message of each stream in the batch, which
-/// vouches for the ones published before it on this connection (see `Loops::relay_ack_each`).
-/// Returns the (partition index, stream id) of the entries published, and of undecodable
-/// ones, which would never publish, the count that failed, and the outcomes published.
+/// Publishes the messages of every entry (tagged with its partition's index), then waits for
+/// the acks: of every message when `ack_each`, else of the last message of each stream in the
+/// batch, which vouches for the ones published before it on this connection (see
+/// `Loops::relay_ack_each`). Returns the (partition index, stream id) of the entries whose
+/// every message was acknowledged, and of those with none to publish (deleted already, or
+/// undecodable, which would never publish), the count of messages that failed, and the
+/// outcomes published.
 async fn publish_batch(
     js: &jetstream::Context,
     entries: Vec<(usize, OutboxEntry)>,
@@ -163,59 +167,69 @@ async fn publish_batch(
     ack_each: bool,
 ) -> (Vec<(usize, String)>, usize, Outcomes) {
     let mut done = Vec::with_capacity(entries.len());
+    // Per entry with messages: its id, and how many of its messages are not acknowledged yet.
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut unconfirmed = Vec::with_capacity(entries.len());
     let mut ready = Vec::with_capacity(entries.len());
     for (part, e) in entries {
-        let Some(m) = &e.msg else {
-            // Deleted already (acknowledged by another relay after a takeover).
-            done.push((part, e.stream_id));
-            continue;
-        };
-        let Some(mut msg) = bus::outgoing(m) else {
-            tracing::error!(entry = ?e, "outbox entry of unknown kind dropped");
-            done.push((part, e.stream_id));
-            continue;
-        };
-        if dispatch_telemetry::exporting() && m.kind == "run" {
-            // A producer span per run message, child of the job's trace context; the worker's
-            // span hangs off it.
-            let span = tracing::info_span!(
-                "publish",
-                otel.name = format!("publish {}", msg.subject),
-                otel.kind = "producer",
-                messaging.system = "nats",
-                job_id = m.id.as_str(),
-                queue = m.queue.as_str(),
-                job_type = m.job_type.as_str(),
-                attempt = m.attempt.as_str(),
-            );
-            dispatch_telemetry::set_parent(&span, &m.tp);
-            if let Some(tp) = dispatch_telemetry::traceparent(&span) {
-                msg.headers.insert("traceparent", tp.as_str());
+        let entry = ids.len();
+        let mut n = 0;
+        for m in &e.msgs {
+            let Some(mut msg) = bus::outgoing(m) else {
+                tracing::error!(entry = %e.stream_id, message = ?m, "outbox message of unknown kind dropped");
+                continue;
+            };
+            if dispatch_telemetry::exporting() && m.kind == "run" {
+                // A producer span per run message, child of the job's trace context; the
+                // worker's span hangs off it.
+                let span = tracing::info_span!(
+                    "publish",
+                    otel.name = format!("publish {}", msg.subject),
+                    otel.kind = "producer",
+                    messaging.system = "nats",
+                    job_id = m.id.as_str(),
+                    queue = m.queue.as_str(),
+                    job_type = m.job_type.as_str(),
+                    attempt = m.attempt.as_str(),
+                );
+                dispatch_telemetry::set_parent(&span, &m.tp);
+                if let Some(tp) = dispatch_telemetry::traceparent(&span) {
+                    msg.headers.insert("traceparent", tp.as_str());
+                }
             }
+            let outcome = Outcome::of(&m.kind, &m.state).map(|o| {
+                let ms: u64 = m.ts.parse().unwrap_or(0);
+                (ms - ms % 60_000, m.queue.clone(), o)
+            });
+            ready.push((m.kind == "run", (entry, outcome), msg));
+            n += 1;
         }
-        let outcome = Outcome::of(&m.kind, &m.state).map(|o| {
-            let ms: u64 = m.ts.parse().unwrap_or(0);
-            (ms - ms % 60_000, m.queue.clone(), o)
-        });
-        ready.push((m.kind == "run", (part, e.stream_id), outcome, msg));
+        if n == 0 {
+            // Deleted already (acknowledged by another relay after a takeover), or nothing in
+            // it can be published.
+            done.push((part, e.stream_id));
+        } else {
+            ids.push((part, e.stream_id));
+            unconfirmed.push(n);
+        }
     }
     // The last message of each stream asks for the ack that vouches for the others.
     let last_of = |run: bool| ready.iter().rposition(|r| r.0 == run);
     let (last_run, last_event) = (last_of(true), last_of(false));
     let client = js.client();
     let mut acks = Vec::new();
-    // Entries published without an ack of their own, per stream (run, events), waiting for
+    // Messages published without an ack of their own, per stream (run, events), waiting for
     // the ack of that stream's last message.
     let mut vouched: [Vec<Vouched>; 2] = [Vec::new(), Vec::new()];
     let mut failed = 0;
     let mut outcomes = Outcomes::new();
-    for (i, (run, id, outcome, msg)) in ready.into_iter().enumerate() {
+    for (i, (run, item, msg)) in ready.into_iter().enumerate() {
         let stream = usize::from(!run);
         if ack_each || Some(i) == last_run || Some(i) == last_event {
             match js.publish_with_headers(msg.subject, msg.headers, msg.payload).await {
                 Ok(ack) => {
                     let mut group = std::mem::take(&mut vouched[stream]);
-                    group.push((id, outcome));
+                    group.push(item);
                     acks.push((group, ack));
                 }
                 Err(err) => {
@@ -227,7 +241,7 @@ async fn publish_batch(
             }
         } else {
             match client.publish_with_headers(msg.subject, msg.headers, msg.payload).await {
-                Ok(()) => vouched[stream].push((id, outcome)),
+                Ok(()) => vouched[stream].push(item),
                 Err(err) => {
                     tracing::warn!(error = %err, "publish failed");
                     metrics.nats_errors.with_label_values(&["publish"]).inc();
@@ -238,28 +252,35 @@ async fn publish_batch(
         // The client lets only so many acks be outstanding (a publish past that waits for one
         // to be read): read them before that.
         if acks.len() >= MAX_ACKS_IN_FLIGHT {
-            failed += await_acks(std::mem::take(&mut acks), &mut done, &mut outcomes, metrics).await;
+            failed += await_acks(std::mem::take(&mut acks), &mut unconfirmed, &mut outcomes, metrics).await;
         }
     }
-    failed += await_acks(acks, &mut done, &mut outcomes, metrics).await;
+    failed += await_acks(acks, &mut unconfirmed, &mut outcomes, metrics).await;
+    done.extend(
+        ids.into_iter()
+            .zip(unconfirmed)
+            .filter(|(_, left)| *left == 0)
+            .map(|(id, _)| id),
+    );
     (done, failed, outcomes)
 }
 
-/// An entry published without an ack of its own, and the outcome it reports.
-type Vouched = ((usize, String), Option<(u64, String, Outcome)>);
+/// A message published without an ack of its own: its entry's index, and the outcome it
+/// reports.
+type Vouched = (usize, Option<(u64, String, Outcome)>);
 
 /// Publishes whose acks are read together; below async-nats's default limit of outstanding
 /// acks (5,000).
 const MAX_ACKS_IN_FLIGHT: usize = 2_048;
 
-/// A publish waiting for its ack: the entries it vouches for (itself last), the ack.
+/// A publish waiting for its ack: the messages it vouches for (itself last), the ack.
 type Pending = (Vec<Vouched>, jetstream::context::PublishAckFuture);
 
-/// Waits for `acks`; the entries each one vouches for go to `done` and their outcomes to
-/// `outcomes`. Returns how many entries failed.
+/// Waits for `acks`; each message an ack vouches for counts off its entry's `unconfirmed`,
+/// and its outcome goes to `outcomes`. Returns how many messages failed.
 async fn await_acks(
     acks: Vec<Pending>,
-    done: &mut Vec<(usize, String)>,
+    unconfirmed: &mut [usize],
     outcomes: &mut Outcomes,
     metrics: &Metrics,
 ) -> usize {
@@ -269,15 +290,15 @@ async fn await_acks(
     for (group, r) in results {
         match r {
             Ok(_) => {
-                for (id, outcome) in group {
-                    done.push(id);
+                for (entry, outcome) in group {
+                    unconfirmed[entry] -= 1;
                     if let Some(key) = outcome {
                         *outcomes.entry(key).or_default() += 1;
                     }
                 }
             }
             Err(err) => {
-                tracing::warn!(error = %err, entries = group.len(), "publish not acknowledged");
+                tracing::warn!(error = %err, messages = group.len(), "publish not acknowledged");
                 metrics.nats_errors.with_label_values(&["ack"]).inc();
                 failed += group.len();
             }

@@ -76,7 +76,13 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         let lib = include_str!("lua/lib.lua");
-        let s = |body: &str| Script::from_lua(format!("{lib}\n{body}"));
+        // The script's body runs as a function so that whatever it returns, the messages it
+        // queued for NATS go to the outbox after it, as one entry.
+        let s = |body: &str| {
+            Script::from_lua(format!(
+                "{lib}\nlocal function main()\n{body}\nend\nlocal reply = main()\nflush_outbox()\nreturn reply\n"
+            ))
+        };
         Scripts {
             create: s(include_str!("lua/create.lua")),
             claim: s(include_str!("lua/claim.lua")),

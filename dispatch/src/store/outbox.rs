@@ -11,17 +11,19 @@ use super::{Error, Partition, Store, cmd};
 /// Consumer group of the outbox relays.
 pub const OUTBOX_GROUP: &str = "relay";
 
-/// One outbox entry, as read by the relay.
+/// One outbox entry, as read by the relay: the messages of one script run (up to 64).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEntry {
     pub stream_id: String,
-    /// `None` when the entry is gone already (acknowledged and deleted by another relay after
+    /// Empty when the entry is gone already (acknowledged and deleted by another relay after
     /// a takeover).
-    pub msg: Option<OutboxMsg>,
+    pub msgs: Vec<OutboxMsg>,
 }
 
-/// The message of one outbox entry: what `outbox` in lib.lua packs, in its order (one field
-/// `m`, a JSON array of 12 strings). An entry that does not decode has kind `undecodable`.
+/// One message of an outbox entry: what `outbox` in lib.lua packs, in its order (an entry's
+/// one field `m` is a JSON array of these, each an array of 12 strings; entries written before
+/// there could be several hold the one array). An entry that does not decode has one message
+/// of kind `undecodable`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OutboxMsg {
     /// run | processing | complete | failed | cancelled
@@ -282,25 +284,23 @@ fn parse_entries(v: Value) -> Result<Vec<OutboxEntry>, Error> {
             // Fields come as [k, v, ...]: ours is the one field `m`.
             let mut kv = parts.next().map(|v| v.into_array()).unwrap_or_default().into_iter();
             let mut any = false;
-            let mut msg = None;
+            let mut msgs = Vec::new();
             while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
                 any = true;
                 if k.as_str().as_deref() == Some("m") {
                     let packed = v.as_str().unwrap_or_default();
                     // An undecodable entry gets an unknown kind: the relay logs and drops it
                     // rather than stall on it.
-                    msg = Some(unpack_outbox(&packed).unwrap_or_else(|e| {
+                    msgs = unpack_outbox(&packed).unwrap_or_else(|e| {
                         tracing::error!(error = %e, "undecodable outbox entry");
-                        OutboxMsg::undecodable()
-                    }));
+                        vec![OutboxMsg::undecodable()]
+                    });
                 }
             }
-            let msg = if any {
-                msg.or_else(|| Some(OutboxMsg::undecodable()))
-            } else {
-                None
-            };
-            Ok(OutboxEntry { stream_id, msg })
+            if any && msgs.is_empty() {
+                msgs.push(OutboxMsg::undecodable());
+            }
+            Ok(OutboxEntry { stream_id, msgs })
         })
         .collect()
 }
@@ -341,10 +341,24 @@ impl<'de> serde::Deserialize<'de> for Text {
     }
 }
 
-/// Decodes a packed outbox entry (see `outbox` in lib.lua).
-fn unpack_outbox(packed: &str) -> Result<OutboxMsg, Error> {
-    let values: Vec<Text> =
-        serde_json::from_str(packed).map_err(|e| Error::Corrupt(format!("outbox entry {packed:?}: {e}")))?;
+/// Decodes a packed outbox entry (see `flush_outbox` in lib.lua): a JSON array of messages,
+/// or (written by an earlier version) one message.
+fn unpack_outbox(packed: &str) -> Result<Vec<OutboxMsg>, Error> {
+    let corrupt = |e: serde_json::Error| Error::Corrupt(format!("outbox entry {packed:?}: {e}"));
+    if packed
+        .trim_start()
+        .strip_prefix('[')
+        .is_some_and(|r| r.trim_start().starts_with('['))
+    {
+        let all: Vec<Vec<Text>> = serde_json::from_str(packed).map_err(corrupt)?;
+        all.into_iter().map(message).collect()
+    } else {
+        message(serde_json::from_str(packed).map_err(corrupt)?).map(|m| vec![m])
+    }
+}
+
+/// One message from its 12 values (see `outbox` in lib.lua).
+fn message(values: Vec<Text>) -> Result<OutboxMsg, Error> {
     let n = values.len();
     let Ok(
         [
@@ -363,7 +377,7 @@ fn unpack_outbox(packed: &str) -> Result<OutboxMsg, Error> {
         ],
     ) = <[Text; 12]>::try_from(values)
     else {
-        return Err(Error::Corrupt(format!("outbox entry of {n} values")));
+        return Err(Error::Corrupt(format!("outbox message of {n} values")));
     };
     Ok(OutboxMsg {
         kind: kind.0,
@@ -388,15 +402,23 @@ mod tests {
     #[test]
     fn packed_outbox_entries_unpack_to_named_fields() {
         let m = r#"["failed","j1","q","noop","2","SCHEDULED","w-1","1700","bad \"x\" | y","4","00-ab-cd-01",""]"#;
-        let f = unpack_outbox(m).unwrap();
+        // An entry of an earlier version: one message.
+        let f = &unpack_outbox(m).unwrap()[0];
         assert_eq!(f.kind, "failed");
         assert_eq!(f.error, "bad \"x\" | y");
         assert_eq!(f.seq, "4");
         assert_eq!(f.tp, "00-ab-cd-01");
         assert_eq!(f.sfx, "");
+        // An entry of several messages, in order.
+        let two = format!(r#"[{m}, ["run","j2","q","t","1","QUEUED","","1701","","1","",""]]"#);
+        let both = unpack_outbox(&two).unwrap();
+        assert_eq!(both.len(), 2);
+        assert_eq!((both[0].id.as_str(), both[1].id.as_str()), ("j1", "j2"));
+        assert_eq!(both[1].kind, "run");
         assert!(unpack_outbox(r#"["run","j1"]"#).is_err());
+        assert!(unpack_outbox(r#"[["run","j1"]]"#).is_err());
         // A number where a string belongs is read as its text.
-        let n = unpack_outbox(r#"["run","j1","q","t",1,"QUEUED","",1700,"",0,"",":s1"]"#).unwrap();
+        let n = &unpack_outbox(r#"["run","j1","q","t",1,"QUEUED","",1700,"",0,"",":s1"]"#).unwrap()[0];
         assert_eq!((n.attempt.as_str(), n.seq.as_str(), n.sfx.as_str()), ("1", "0", ":s1"));
         assert!(unpack_outbox(r#"["run","j1","q","t",[1],"QUEUED","",1700,"",0,"",""]"#).is_err());
         assert!(unpack_outbox("not json").is_err());
@@ -406,11 +428,11 @@ mod tests {
             Value::Array(vec![Value::from("m"), Value::from("{")]),
         ])]);
         let entries = parse_entries(reply).unwrap();
-        let msg = entries[0].msg.as_ref().unwrap();
+        let msg = &entries[0].msgs[0];
         assert_eq!(msg.kind, "undecodable");
         assert!(crate::bus::outgoing(msg).is_none());
         // A deleted entry (no fields) has no message.
         let gone = parse_entries(Value::Array(vec![Value::Array(vec![Value::from("2-0"), Value::Null])])).unwrap();
-        assert_eq!(gone[0].msg, None);
+        assert!(gone[0].msgs.is_empty());
     }
 }

@@ -77,12 +77,27 @@ local function set_state(job, new, now)
   put(job, 'updated_at', now)
 end
 
--- Appends a message for NATS to the outbox. kind: run|processing|complete|failed|cancelled.
--- One field, a JSON array (cjson is Redis's built-in C encoder): the relay decodes it.
+-- Messages for NATS of this script run, not yet in the outbox.
+local OUTQ = {}
+-- Messages per outbox entry at most.
+local OUTBOX_ENTRY_MAX = 64
+
+-- Writes the queued messages to the outbox as one entry: one field `m`, a JSON array of
+-- messages (cjson is Redis's built-in C encoder), each the array `outbox` packs. The relay
+-- decodes it. Runs after every script (see Scripts in store/mod.rs), and whenever an entry is
+-- full.
+local function flush_outbox()
+  if #OUTQ > 0 then
+    redis.call('XADD', OUTBOX, '*', 'm', cjson.encode(OUTQ))
+    OUTQ = {}
+  end
+end
+
+-- Queues a message for NATS. kind: run|processing|complete|failed|cancelled.
 local function outbox(job, kind, attempt, now, worker_id, err, seq, msg_suffix)
-  redis.call('XADD', OUTBOX, '*', 'm', cjson.encode({
-    kind, job.id, job.queue, job.type, tostring(attempt), job.state, worker_id or '', tostring(now),
-    err or '', tostring(seq or 0), job.traceparent or '', msg_suffix or '' }))
+  OUTQ[#OUTQ + 1] = { kind, job.id, job.queue, job.type, tostring(attempt), job.state, worker_id or '', tostring(now),
+    err or '', tostring(seq or 0), job.traceparent or '', msg_suffix or '' }
+  if #OUTQ >= OUTBOX_ENTRY_MAX then flush_outbox() end
 end
 
 -- Records a transition: the buffered field writes and the history entry in one HSET, the
