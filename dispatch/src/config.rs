@@ -391,7 +391,7 @@ impl Default for Loops {
             sweeper_interval_ms: 5_000,
             sweep_after_ms: 60_000,
             relay_poll_ms: 200,
-            relay_batch: 64,
+            relay_batch: 16,
             relay_ack_each: false,
             relay_claim_idle_ms: 10_000,
             relay_forget_idle_ms: 600_000,

@@ -140,7 +140,7 @@ pub struct JobContext {
     /// Handlers doing blocking or external work can watch it; the handler future is dropped
     /// anyway.
     pub cancelled: CancellationToken,
-    progress: Arc<Mutex<Option<serde_json::Value>>>,
+    pub(crate) progress: Arc<Mutex<Option<serde_json::Value>>>,
 }
 
 impl JobContext {
@@ -149,10 +149,6 @@ impl JobContext {
         if let Ok(mut p) = self.progress.lock() {
             *p = Some(progress);
         }
-    }
-
-    fn take_progress(&self) -> Option<serde_json::Value> {
-        self.progress.lock().ok().and_then(|mut p| p.take())
     }
 }
 

@@ -450,26 +450,40 @@ impl JobRunner {
 
     async fn run_job(&mut self, job: pb::Job) {
         let lease_id = job.lease.as_ref().map(|l| l.lease_id.clone()).unwrap_or_default();
+        // What the runner keeps; the handler gets the job itself (no copy of it is made: a
+        // job's payload is a tree of allocations).
+        let job_ref = Attempt {
+            id: job.id.clone(),
+            queue: job.queue.clone(),
+            job_type: job.r#type.clone(),
+            attempt: job.attempt,
+        };
         let Some(handler) = self.handlers.get(&job.r#type).cloned() else {
             let msg = format!(
                 "no handler for job type {:?} on worker {}",
                 job.r#type, self.cfg.worker_id
             );
-            self.report_fail(&job, &lease_id, &msg, false, None).await;
+            self.report_fail(&job_ref, &lease_id, &msg, false, None).await;
             return;
         };
         let timeout = std_duration(job.timeout.as_ref()).unwrap_or(Duration::from_secs(60));
         let ctx = JobContext {
             payload: json::from_proto(job.payload.as_ref()),
-            job: job.clone(),
+            job,
             cancelled: CancellationToken::new(),
             progress: Arc::new(Mutex::new(None)),
         };
+        let job = job_ref;
+        let cancelled = ctx.cancelled.clone();
         // The heartbeat task sets `stop` to Cancelled or LeaseLost and cancels the token.
         let stop: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
         let beat = tokio::spawn(tracing::Instrument::in_current_span(heartbeat(
             self.client.clone(),
-            ctx.clone(),
+            Beat {
+                job_id: job.id.clone(),
+                progress: ctx.progress.clone(),
+                cancelled: cancelled.clone(),
+            },
             lease_id.clone(),
             self.cfg.lease,
             stop.clone(),
@@ -477,21 +491,21 @@ impl JobRunner {
         )));
         let handler_span = tracing::info_span!(
             "handler",
-            otel.name = format!("handle {}", job.r#type),
+            otel.name = format!("handle {}", job.job_type),
             job_id = %job.id,
             queue = %job.queue,
-            job_type = %job.r#type,
+            job_type = %job.job_type,
             attempt = job.attempt,
         );
         let outcome = tokio::select! {
-            r = tracing::Instrument::instrument(handler(ctx.clone()), handler_span) => Outcome::Done(r),
+            r = tracing::Instrument::instrument(handler(ctx), handler_span) => Outcome::Done(r),
             _ = tokio::time::sleep(timeout) => Outcome::TimedOut(timeout),
-            _ = ctx.cancelled.cancelled() => stop.lock().ok().and_then(|mut s| s.take()).unwrap_or(Outcome::LeaseLost),
+            _ = cancelled.cancelled() => stop.lock().ok().and_then(|mut s| s.take()).unwrap_or(Outcome::LeaseLost),
             _ = self.hand_back.cancelled() => Outcome::HandedBack,
         };
-        ctx.cancelled.cancel();
+        cancelled.cancel();
         beat.abort();
-        let labels = [job.queue.as_str(), job.r#type.as_str()];
+        let labels = [job.queue.as_str(), job.job_type.as_str()];
         let failed = |reason: &str| {
             self.metrics
                 .failed
@@ -530,7 +544,7 @@ impl JobRunner {
         }
     }
 
-    async fn report_complete(&mut self, job: &pb::Job, lease_id: &str, result: serde_json::Value) {
+    async fn report_complete(&mut self, job: &Attempt, lease_id: &str, result: serde_json::Value) {
         let req = pb::CompleteJobRequest {
             job_id: job.id.clone(),
             lease_id: lease_id.to_string(),
@@ -550,7 +564,7 @@ impl JobRunner {
 
     async fn report_fail(
         &mut self,
-        job: &pb::Job,
+        job: &Attempt,
         lease_id: &str,
         error: &str,
         retryable: bool,
@@ -646,10 +660,26 @@ where
     }
 }
 
+/// What the runner keeps of a job while its handler runs.
+struct Attempt {
+    id: String,
+    queue: String,
+    job_type: String,
+    attempt: u32,
+}
+
+/// What a heartbeat needs of a running job: its id, the progress its handler sets, and the
+/// token that stops the handler.
+struct Beat {
+    job_id: String,
+    progress: Arc<Mutex<Option<serde_json::Value>>>,
+    cancelled: CancellationToken,
+}
+
 /// Beats every third of the lease until aborted; stops the job on cancel or a lost lease.
 async fn heartbeat(
     client: Client,
-    ctx: JobContext,
+    ctx: Beat,
     lease_id: String,
     lease: Duration,
     stop: Arc<Mutex<Option<Outcome>>>,
@@ -659,9 +689,14 @@ async fn heartbeat(
     loop {
         tokio::time::sleep(every).await;
         let mut req = tonic::Request::new(pb::HeartbeatRequest {
-            job_id: ctx.job.id.clone(),
+            job_id: ctx.job_id.clone(),
             lease_id: lease_id.clone(),
-            progress: ctx.take_progress().map(|p| json::to_proto(&p)),
+            progress: ctx
+                .progress
+                .lock()
+                .ok()
+                .and_then(|mut p| p.take())
+                .map(|p| json::to_proto(&p)),
             lease_duration: Some(pb_duration(lease)),
         });
         if let Ok(v) = traceparent.parse()
@@ -671,7 +706,7 @@ async fn heartbeat(
         }
         match client.clone().heartbeat(req).await {
             Ok(r) if r.get_ref().cancel_requested => {
-                tracing::info!(job_id = %ctx.job.id, "cancel requested; stopping the job");
+                tracing::info!(job_id = %ctx.job_id, "cancel requested; stopping the job");
                 if let Ok(mut s) = stop.lock() {
                     *s = Some(Outcome::Cancelled);
                 }
@@ -686,7 +721,7 @@ async fn heartbeat(
                 ctx.cancelled.cancel();
                 return;
             }
-            Err(s) => tracing::warn!(job_id = %ctx.job.id, error = %s, "heartbeat failed; will retry"),
+            Err(s) => tracing::warn!(job_id = %ctx.job_id, error = %s, "heartbeat failed; will retry"),
         }
     }
 }
