@@ -67,7 +67,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             )));
         }
     };
-    let hub = watch::Hub::start(&config.redis_url, &config.redis, store.layout())
+    let hub = watch::Hub::start(&config.redis_url, &config.redis, store.layout(), store.client().clone())
         .await
         .context("subscribing to the watch channel")?;
     let nats = tokio::time::timeout(

@@ -1,8 +1,11 @@
-//! Wake-ups for WatchJob: every transition script publishes on the Redis channel named like
-//! its job's record key (`dispatch:{p7}:job:<id>`). One subscriber connection per dispatch process subscribes
-//! to the channels of the jobs being watched here, only while they are watched, so a job nobody
-//! watches costs one publish to nobody and nothing in dispatch. A watcher then reads the job's
-//! history from its cursor, so a missed wake-up only delays it until its next periodic read.
+//! Wake-ups for WatchJob: the transition scripts publish on the Redis channel named like the
+//! job's record key (`dispatch:{p7}:job:<id>`) while the partition's `watchers` counter is
+//! above zero (each Watch counts itself there while it lives, so a job nobody watches costs no
+//! publish at all). One subscriber connection per dispatch process subscribes to the channels
+//! of the jobs being watched here, only while they are watched. A watcher then reads the job's
+//! history from its cursor, so a missed wake-up (a counter lost with a crashed Redis, say) only
+//! delays it until its next periodic read; a count left behind by a dispatch that crashed only
+//! brings back the publishes to nobody.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,8 @@ type Channels = Arc<Mutex<HashMap<String, (broadcast::Sender<()>, usize)>>>;
 #[derive(Clone)]
 pub struct Hub {
     client: Arc<fred::clients::SubscriberClient>,
+    /// For the partitions' `watchers` counters.
+    counters: Client,
     layout: Layout,
     channels: Channels,
 }
@@ -26,11 +31,22 @@ pub struct Hub {
 pub struct Watch {
     pub rx: broadcast::Receiver<()>,
     channel: String,
+    /// The partition's `watchers` counter, once this watch counted itself there.
+    counted: Option<String>,
     hub: Hub,
 }
 
+/// Takes a watch off its partition's counter, deleting the counter at zero.
+const UNCOUNT: &str = "local n = redis.call('DECR', KEYS[1]) if n <= 0 then redis.call('DEL', KEYS[1]) end return n";
+
 impl Drop for Watch {
     fn drop(&mut self) {
+        if let Some(key) = self.counted.take() {
+            let counters = self.hub.counters.clone();
+            tokio::spawn(async move {
+                let _: Result<i64, _> = counters.eval(UNCOUNT, vec![key], Vec::<String>::new()).await;
+            });
+        }
         let mut map = self.hub.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, n)) = map.get_mut(&self.channel) {
             *n -= 1;
@@ -51,6 +67,7 @@ impl Hub {
         redis_url: &str,
         link: &crate::config::Redis,
         layout: Layout,
+        counters: Client,
     ) -> Result<Hub, fred::error::Error> {
         let config = crate::store::redis_config(redis_url, link)?;
         let client = Builder::from_config(config)
@@ -71,6 +88,7 @@ impl Hub {
         });
         Ok(Hub {
             client: Arc::new(client),
+            counters,
             layout,
             channels,
         })
@@ -80,7 +98,8 @@ impl Hub {
     /// (A wake-up lost to a race between a last watcher leaving and a new one arriving is
     /// covered by the watcher's periodic re-read.)
     pub async fn watch(&self, id: &str) -> Result<Watch, fred::error::Error> {
-        let channel = self.layout.partition_of(id).job(id);
+        let partition = self.layout.partition_of(id);
+        let channel = partition.job(id);
         let (rx, first) = {
             let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
             let entry = map
@@ -89,13 +108,17 @@ impl Hub {
             entry.1 += 1;
             (entry.0.subscribe(), entry.1 == 1)
         };
-        let watch = Watch {
+        let mut watch = Watch {
             rx,
             channel: channel.clone(),
+            counted: None,
             hub: self.clone(),
         };
+        // On an error the Watch is dropped, which undoes what was done.
+        let counter = partition.watchers();
+        let _: i64 = self.counters.incr(counter.as_str()).await?;
+        watch.counted = Some(counter);
         if first {
-            // On an error the Watch is dropped, which undoes the registration.
             self.client.subscribe(channel).await?;
         }
         Ok(watch)

@@ -187,6 +187,17 @@ async fn watch_job_sees_every_transition_in_order() {
         .await
         .unwrap()
         .into_inner();
+    // The watch counts itself in the partition's counter, so the scripts publish wake-ups.
+    let store = s.store().await;
+    let counter = store.layout().partition_of(&job.id).watchers();
+    let watchers = || {
+        let (c, k) = (store.client().clone(), counter.clone());
+        async move {
+            use fred::prelude::*;
+            c.get::<Option<i64>, _>(k.as_str()).await.unwrap()
+        }
+    };
+    assert_eq!(watchers().await, Some(1));
     s.spawn_builtin_worker(&[("default", 2)]);
     let mut seen = Vec::new();
     let collect = async {
@@ -216,6 +227,11 @@ async fn watch_job_sees_every_transition_in_order() {
     );
     assert!(seen[2].error.contains("injected failure"));
     assert!(!seen[1].worker_id.is_empty());
+    // The stream ended: its count goes, and with it the key (nobody watches: no publishes).
+    eventually("the watch to leave the counter", T, || async {
+        watchers().await.is_none().then_some(())
+    })
+    .await;
     s.stop().await;
 }
 

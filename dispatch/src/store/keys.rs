@@ -79,19 +79,26 @@ impl Partition {
         self.key("paused")
     }
 
+    /// How many WatchJob streams (of every dispatch) follow a job of this partition: the
+    /// scripts publish wake-ups only while it is above zero.
+    pub fn watchers(self) -> String {
+        self.key("watchers")
+    }
+
     /// The job id of an idempotency key.
     pub fn idem(self, queue: &str, key: &str) -> String {
         format!("{PREFIX}{{p{}}}:idem:{queue}:{key}", self.0)
     }
 
-    /// The keys every script gets first, in this order (KEYS[1..10] in lib.lua).
+    /// The keys every script gets first, in this order (KEYS[1..11] in lib.lua).
     pub fn header(self) -> Vec<String> {
-        let mut keys = Vec::with_capacity(10);
+        let mut keys = Vec::with_capacity(11);
         keys.push(self.timers());
         keys.extend(State::ALL.iter().map(|s| self.idx(*s)));
         keys.push(self.outbox());
         keys.push(self.queues());
         keys.push(self.paused());
+        keys.push(self.watchers());
         keys
     }
 }

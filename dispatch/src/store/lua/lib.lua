@@ -9,6 +9,7 @@
 --   KEYS[8]    dispatch:{p7}:outbox        STREAM messages waiting for the relay to publish
 --   KEYS[9]    dispatch:{p7}:queues        SET    queues with jobs in this partition
 --   KEYS[10]   dispatch:{p7}:paused        SET    paused queues (the same in every partition)
+--   KEYS[11]   dispatch:{p7}:watchers      STRING WatchJob streams following jobs of this partition
 --   then per job, as each script says:
 --              dispatch:{p7}:job:<id>      HASH   the record, and its history: field h<seq> per
 --                                                 transition, "state|attempt|worker_id|ts|error",
@@ -24,16 +25,35 @@
 --
 -- Fields left at their default are not stored (retry_base 0, cancel_requested 0, empty
 -- idem_key, labels, traceparent): each field costs memory in every record.
--- A change to a job is announced on the channel named like its record key, to wake WatchJob.
-local TIMERS, OUTBOX, QUEUES, PAUSED = KEYS[1], KEYS[8], KEYS[9], KEYS[10]
+-- A change to a job is announced on the channel named like its record key, to wake WatchJob,
+-- while anyone watches a job of the partition (KEYS[11] above zero; read once per call).
+local TIMERS, OUTBOX, QUEUES, PAUSED, WATCHERS = KEYS[1], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local IDX = { SCHEDULED = KEYS[2], QUEUED = KEYS[3], RUNNING = KEYS[4], SUCCEEDED = KEYS[5], FAILED = KEYS[6],
   CANCELLED = KEYS[7] }
-local HEADER = 10
+local HEADER = 11
 local RETENTION = ARGV[1]
 -- The default retention, parsed once per call ("succeeded|failed|cancelled" ms).
 local RET_S, RET_F, RET_C = string.match(RETENTION, '^(%d+)|(%d+)|(%d+)$')
 -- History entries kept per job.
 local HISTORY = 100
+
+-- Whether any WatchJob follows a job of this partition (read once per script run).
+local watched_now = nil
+local function watched()
+  if watched_now == nil then watched_now = (tonumber(redis.call('GET', WATCHERS) or '0') or 0) > 0 end
+  return watched_now
+end
+
+-- Paused queues seen by this script run (a batch's jobs mostly share one queue).
+local paused_now = {}
+local function is_paused(queue)
+  local p = paused_now[queue]
+  if p == nil then
+    p = redis.call('SISMEMBER', PAUSED, queue) == 1
+    paused_now[queue] = p
+  end
+  return p
+end
 
 -- Redis's clock in ms since the epoch, as a string.
 local function clock()
@@ -116,7 +136,7 @@ local function emit(job, kind, attempt, now, worker_id, err)
   job.w = nil
   if seq > HISTORY then redis.call('HDEL', k, 'h' .. (seq - HISTORY)) end
   if kind then outbox(job, kind, attempt, now, worker_id, err, s) end
-  if seq > 1 then redis.call('PUBLISH', k, s) end
+  if seq > 1 and watched() then redis.call('PUBLISH', k, s) end
 end
 
 -- Puts a job on the run queue for its current attempt (QUEUED jobs have no timer: the
@@ -247,7 +267,7 @@ local function claim_job(rk, id, attempt, worker_id, lease_id, lease_ms, now)
   if job.state ~= 'QUEUED' or job.attempt ~= attempt then
     return 'FAILED_PRECONDITION', 'job is ' .. job.state .. ' on attempt ' .. job.attempt
   end
-  if redis.call('SISMEMBER', PAUSED, job.queue) == 1 then
+  if is_paused(job.queue) then
     return 'FAILED_PRECONDITION', 'queue ' .. job.queue .. ' is paused'
   end
   -- As a string once (Lua formats a number with sprintf each time it becomes one).
