@@ -205,9 +205,14 @@ pub fn not_there_yet(e: &async_nats::ConnectError) -> bool {
             let mut source = std::error::Error::source(e);
             while let Some(s) = source {
                 if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    // A server still starting (or restarting) may accept and drop the
+                    // connection: reset, aborted, or closed before its INFO.
                     return matches!(
                         io.kind(),
                         std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::UnexpectedEof
                             | std::io::ErrorKind::TimedOut
                             | std::io::ErrorKind::NotFound
                     );
@@ -224,6 +229,22 @@ pub fn not_there_yet(e: &async_nats::ConnectError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_still_starting_is_waited_for_and_a_refused_login_is_not() {
+        use async_nats::{ConnectError, ConnectErrorKind as Kind};
+        let io = |k: std::io::ErrorKind| ConnectError::with_source(Kind::Io, std::io::Error::from(k));
+        for k in [
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            assert!(not_there_yet(&io(k)), "{k:?}");
+        }
+        assert!(!not_there_yet(&io(std::io::ErrorKind::PermissionDenied)));
+        assert!(!not_there_yet(&ConnectError::new(Kind::AuthorizationViolation)));
+        assert!(not_there_yet(&ConnectError::new(Kind::TimedOut)));
+    }
 
     #[test]
     fn credentials_come_out_of_urls() {
