@@ -34,18 +34,11 @@ pub fn median_json(runs: &[serde_json::Value]) -> serde_json::Value {
     let out = first
         .iter()
         .map(|(k, v)| {
-            let mut xs: Vec<f64> = runs.iter().filter_map(|r| r.get(k)?.as_f64()).collect();
-            if xs.len() != runs.len() {
-                return (k.clone(), v.clone());
+            let all_numbers = runs.iter().all(|r| r.get(k).and_then(|x| x.as_f64()).is_some());
+            match spread(runs, k) {
+                Some((m, _, _)) if all_numbers => (k.clone(), serde_json::json!(m)),
+                _ => (k.clone(), v.clone()),
             }
-            xs.sort_by(f64::total_cmp);
-            let n = xs.len();
-            let m = if n % 2 == 1 {
-                xs[n / 2]
-            } else {
-                (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-            };
-            (k.clone(), serde_json::json!(m))
         })
         .collect();
     serde_json::Value::Object(out)
