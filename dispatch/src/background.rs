@@ -197,10 +197,16 @@ async fn sweep_queue(
     {
         return Ok(0);
     }
-    // Find out which jobs lack their message. The outboxes' oldest entries first: a message
-    // the relay publishes while the stream is read may go unseen, and its job is younger than
-    // the oldest entry of its partition's outbox now.
-    let floors: HashMap<Partition, Option<u64>> = store.outbox_floors().await?.into_iter().collect();
+    // Find out which jobs lack their message. The time and the outboxes' oldest entries first:
+    // a message the relay publishes while the stream is read may go unseen, and its job is
+    // younger than the oldest entry its partition's outbox holds now, or than now.
+    let now = store.time_ms().await?;
+    let floors: HashMap<Partition, u64> = store
+        .outbox_heads()
+        .await?
+        .into_iter()
+        .map(|(p, _, oldest)| (p, oldest.map_or(now, |o| o.min(now))))
+        .collect();
     let present = if held > 0 {
         messages_of(stream, &subject, held + SWEEP_SCAN as u64).await?
     } else {
@@ -219,7 +225,9 @@ async fn sweep_queue(
     for (p, jobs) in by_partition {
         let mut n_p = 0;
         for chunk in jobs.chunks(BATCH) {
-            n_p += store.sweep(p, age_ms, floors.get(&p).copied().flatten(), chunk).await?;
+            n_p += store
+                .sweep(p, age_ms, floors.get(&p).copied().unwrap_or(now), chunk)
+                .await?;
         }
         if n_p > 0 {
             wake.notify_one();

@@ -212,8 +212,16 @@ impl Store {
     }
 
     /// Entries waiting in every partition's outbox, and when the oldest was written (ms since
-    /// the epoch; a stream id starts with its time).
+    /// the epoch).
     pub async fn outbox_stats(&self) -> Result<(u64, Option<u64>), Error> {
+        let heads = self.outbox_heads().await?;
+        let len = heads.iter().map(|(_, n, _)| n).sum();
+        Ok((len, heads.iter().filter_map(|(_, _, oldest)| *oldest).min()))
+    }
+
+    /// Per partition: the entries waiting in its outbox, and when the oldest of them was
+    /// written (ms since the epoch; a stream id starts with its time). One pipeline.
+    pub async fn outbox_heads(&self) -> Result<Vec<(Partition, u64, Option<u64>)>, Error> {
         let pipeline = self.client.pipeline();
         for p in self.layout.all() {
             let key = p.outbox();
@@ -226,23 +234,22 @@ impl Store {
                 .await?;
         }
         let replies: Vec<Value> = pipeline.all().await?;
-        let (mut len, mut oldest) = (0u64, None::<u64>);
         let mut it = replies.into_iter();
-        while let (Some(n), Some(first)) = (it.next(), it.next()) {
-            len += n.as_u64().unwrap_or(0);
-            let first_ms = match first {
-                Value::Array(entries) => entries.first().and_then(|e| match e {
-                    Value::Array(parts) => parts.first().and_then(|id| id.as_string()),
-                    _ => None,
-                }),
-                _ => None,
-            }
-            .and_then(|id| id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()));
-            if let Some(ms) = first_ms {
-                oldest = Some(oldest.map_or(ms, |o: u64| o.min(ms)));
-            }
+        let mut heads = Vec::new();
+        for p in self.layout.all() {
+            let (Some(n), Some(first)) = (it.next(), it.next()) else {
+                return Err(Error::Corrupt("short outbox pipeline reply".into()));
+            };
+            let oldest = first
+                .into_array()
+                .into_iter()
+                .next()
+                .and_then(|e| e.into_array().into_iter().next())
+                .and_then(|id| id.into_string())
+                .and_then(|id| id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()));
+            heads.push((p, n.as_u64().unwrap_or(0), oldest));
         }
-        Ok((len, oldest))
+        Ok(heads)
     }
 }
 

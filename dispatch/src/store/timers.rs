@@ -119,23 +119,18 @@ impl Store {
     /// QUEUED on an attempt the run stream lacks, queued more than `age_ms` ago, and whose
     /// first message has left the outbox (see sweep.lua). Returns how many.
     ///
-    /// `floor`: the time of the oldest entry `p`'s outbox held before the caller began reading
-    /// the run stream ([`Store::outbox_floors`]); a job queued since may have had its message
-    /// published while the stream was read, so it is left alone.
-    pub async fn sweep(
-        &self,
-        p: Partition,
-        age_ms: u64,
-        floor: Option<u64>,
-        jobs: &[SweepCandidate],
-    ) -> Result<u64, Error> {
+    /// `floor`: Redis's time when the caller began reading the run stream, or the time of the
+    /// oldest entry `p`'s outbox held then if older ([`Store::outbox_heads`]); a job queued
+    /// since may have had its message published while the stream was read, so it is left
+    /// alone.
+    pub async fn sweep(&self, p: Partition, age_ms: u64, floor: u64, jobs: &[SweepCandidate]) -> Result<u64, Error> {
         if jobs.is_empty() {
             return Ok(0);
         }
         let keys: Vec<String> = jobs.iter().map(|j| p.job(&j.id)).collect();
         let mut args = Vec::with_capacity(2 + jobs.len() * 2);
         args.push(age_ms.to_string());
-        args.push(floor.map(|f| f.to_string()).unwrap_or_default());
+        args.push(floor.to_string());
         for j in jobs {
             args.push(j.id.clone());
             let mut present = String::from(",");
@@ -149,35 +144,5 @@ impl Store {
             .eval(&self.scripts.sweep, p, || (keys.clone(), args.clone()))
             .await?;
         Ok(n.max(0) as u64)
-    }
-
-    /// Per partition, the time (ms, from its stream id) of the oldest entry in its outbox, or
-    /// `None` when it is empty: one pipeline.
-    pub async fn outbox_floors(&self) -> Result<Vec<(Partition, Option<u64>)>, Error> {
-        let pipeline = self.client.pipeline();
-        for p in self.layout.all() {
-            let _: () = pipeline
-                .custom(
-                    cmd("XRANGE"),
-                    vec![p.outbox(), "-".into(), "+".into(), "COUNT".into(), "1".into()],
-                )
-                .await?;
-        }
-        let replies: Vec<Value> = pipeline.all().await?;
-        Ok(self
-            .layout
-            .all()
-            .zip(replies)
-            .map(|(p, v)| {
-                let ms = v
-                    .into_array()
-                    .into_iter()
-                    .next()
-                    .and_then(|e| e.into_array().into_iter().next())
-                    .and_then(|id| id.into_string())
-                    .and_then(|id| id.split('-').next().and_then(|ms| ms.parse().ok()));
-                (p, ms)
-            })
-            .collect())
     }
 }

@@ -2,23 +2,18 @@
 -- no state change. The caller names jobs of a queue whose stream holds fewer run messages
 -- than the queue has QUEUED jobs, with the attempts the stream holds for each. A job is left
 -- alone when the stream holds its attempt, when it was queued (or swept) less than age_ms
--- ago, or when its run message may still be in this partition's outbox (queued after the
--- oldest entry waiting there), or when its queue is paused (its claims are refused, so a
+-- ago, or when its run message may have been published while the caller read the stream
+-- (queued at or after `floor`), or when its queue is paused (its claims are refused, so a
 -- worker that took the message dropped it: resuming writes it again).
 -- KEYS: the partition's (lib.lua), then per job: record
 -- ARGV: retention, age_ms, floor, then per job: id, attempts in the stream (",1,2," or ",")
---   floor: the time (ms) of the oldest entry this partition's outbox held before the caller
---   began reading the stream, or "" when it was empty. A job queued at or after it may have
---   had its message published while the caller was reading, unseen.
+--   floor: Redis's time (ms) when the caller began reading the stream, or the time of the
+--   oldest entry this partition's outbox held then if older. Entries written since are newer,
+--   so a job whose message may still be in the outbox is past the floor too.
 -- Reply: number of run messages written again.
 local now = clock()
 local cutoff = tonumber(now) - tonumber(ARGV[2])
-if ARGV[3] ~= '' and tonumber(ARGV[3]) - 1 < cutoff then cutoff = tonumber(ARGV[3]) - 1 end
-local oldest = redis.call('XRANGE', OUTBOX, '-', '+', 'COUNT', 1)[1]
-if oldest then
-  local ms = tonumber(string.match(oldest[1], '^(%d+)'))
-  if ms - 1 < cutoff then cutoff = ms - 1 end
-end
+if tonumber(ARGV[3]) - 1 < cutoff then cutoff = tonumber(ARGV[3]) - 1 end
 local n = 0
 for i = 0, (#ARGV - 3) / 2 - 1 do
   local id, present = ARGV[4 + i * 2], ARGV[5 + i * 2]
