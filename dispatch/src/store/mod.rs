@@ -76,11 +76,12 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         let lib = include_str!("lua/lib.lua");
-        // The script's body runs as a function so that whatever it returns, the messages it
-        // queued for NATS go to the outbox after it, as one entry.
+        // The script's body runs as a function so that whatever it returns, its buffered
+        // sorted-set and payload writes are applied after it and the messages it queued for
+        // NATS go to the outbox as one entry.
         let s = |body: &str| {
             Script::from_lua(format!(
-                "{lib}\nlocal function main()\n{body}\nend\nlocal reply = main()\nflush_outbox()\nreturn reply\n"
+                "{lib}\nlocal function main()\n{body}\nend\nlocal reply = main()\nflush_writes()\nflush_outbox()\nreturn reply\n"
             ))
         };
         Scripts {

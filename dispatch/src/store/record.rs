@@ -57,6 +57,21 @@ pub struct Backoff {
     pub jitter: f64,
 }
 
+impl Backoff {
+    /// Parses field `b` of a record, packed as "initial|max|multiplier|jitter".
+    pub fn unpack(b: &str) -> Result<Backoff, String> {
+        let bad_b = || format!("field b is not a backoff: {b:?}");
+        let mut parts = b.split('|');
+        let mut part = || parts.next().and_then(|v| v.parse::<f64>().ok()).ok_or_else(bad_b);
+        Ok(Backoff {
+            initial_ms: part()? as u64,
+            max_ms: part()? as u64,
+            multiplier: part()?,
+            jitter: part()?,
+        })
+    }
+}
+
 /// A validated request to create a job, defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
@@ -180,17 +195,7 @@ impl JobRecord {
             retryable: f.get("error_retryable").map(|v| v == "1").unwrap_or(false),
             attempt: opt("error_attempt").unwrap_or(0) as u32,
         });
-        // Backoff packed as "initial|max|multiplier|jitter".
-        let b = s("b")?;
-        let bad_b = || format!("field b is not a backoff: {b:?}");
-        let mut parts = b.split('|');
-        let mut part = || parts.next().and_then(|v| v.parse::<f64>().ok()).ok_or_else(bad_b);
-        let backoff = Backoff {
-            initial_ms: part()? as u64,
-            max_ms: part()? as u64,
-            multiplier: part()?,
-            jitter: part()?,
-        };
+        let backoff = Backoff::unpack(&s("b")?)?;
         Ok(JobRecord {
             id: id.to_string(),
             queue: s("queue")?,
@@ -220,6 +225,74 @@ impl JobRecord {
             started_at_ms: opt("started_at"),
             finished_at_ms: opt("finished_at"),
             traceparent: f.get("traceparent").cloned().unwrap_or_default(),
+        })
+    }
+}
+
+impl JobRecord {
+    /// Builds the record of a granted claim from claim.lua's positional reply (see there)
+    /// and what the claim sent: the job id, worker and lease id. No map, no copy of the field
+    /// names: this runs for every job.
+    pub fn from_claim(id: &str, worker_id: &str, lease_id: &str, reply: Vec<String>) -> Result<JobRecord, String> {
+        let n = reply.len();
+        let [
+            _ok,
+            now,
+            deadline,
+            queue,
+            job_type,
+            attempt,
+            max_attempts,
+            retry_base,
+            b,
+            timeout,
+            run_at,
+            idem_key,
+            labels,
+            traceparent,
+            created_at,
+            error,
+            error_retryable,
+            error_attempt,
+            payload,
+        ]: [String; 19] = reply.try_into().map_err(|_| format!("claim reply of {n} fields"))?;
+        let num = |k: &str, v: &str| -> Result<u64, String> {
+            v.parse::<u64>()
+                .or_else(|_| v.parse::<f64>().map(|x| x as u64))
+                .map_err(|_| format!("field {k} is not a number: {v:?}"))
+        };
+        let now = num("updated_at", &now)?;
+        Ok(JobRecord {
+            id: id.to_string(),
+            queue,
+            job_type,
+            payload,
+            state: State::Running,
+            attempt: num("attempt", &attempt)? as u32,
+            max_attempts: num("max_attempts", &max_attempts)? as u32,
+            retry_base: retry_base.parse::<f64>().map_or(0, |x| x as u32),
+            backoff: Backoff::unpack(&b)?,
+            timeout_ms: num("timeout", &timeout)?,
+            run_at_ms: num("run_at", &run_at)?,
+            idempotency_key: idem_key,
+            worker_id: worker_id.to_string(),
+            lease_id: Some(lease_id.to_string()),
+            lease_deadline_ms: Some(num("lease_deadline", &deadline)?),
+            progress: None,
+            result: None,
+            // error_attempt is written with every error (an error message may be empty).
+            error: (!error_attempt.is_empty()).then(|| JobError {
+                message: error,
+                retryable: error_retryable == "1",
+                attempt: error_attempt.parse::<f64>().map_or(0, |x| x as u32),
+            }),
+            cancel_requested: false,
+            labels: serde_json::from_str(&labels).unwrap_or_default(),
+            created_at_ms: num("created_at", &created_at)?,
+            updated_at_ms: now,
+            started_at_ms: Some(now),
+            finished_at_ms: None,
+            traceparent,
         })
     }
 }
@@ -291,6 +364,66 @@ mod tests {
         assert_eq!(HistoryEvent::parse(1, "QUEUED|1||5|").unwrap().error, "");
         assert!(HistoryEvent::parse(1, "NEW|1||5|").is_err());
         assert!(HistoryEvent::parse(1, "QUEUED|x||5|").is_err());
+    }
+
+    #[test]
+    fn a_claim_reply_builds_the_running_record() {
+        let reply = |attempt: &str, err: [&str; 3]| -> Vec<String> {
+            let mut r = vec![
+                "OK",
+                "1700000000500",
+                "1700000030500",
+                "mail",
+                "send",
+                attempt,
+                "5",
+                "",
+                "1000|60000|2|0.2",
+                "30000",
+                "1700000000000",
+                "",
+                r#"{"team":"a"}"#,
+                "00-abc-def-01",
+                "1700000000000",
+            ];
+            r.extend(err);
+            r.push(r#"{"to":"x"}"#);
+            r.into_iter().map(String::from).collect()
+        };
+        let job = JobRecord::from_claim("j1", "w1", "l1", reply("1", ["", "", ""])).unwrap();
+        assert_eq!(job.state, State::Running);
+        assert_eq!(
+            (job.queue.as_str(), job.job_type.as_str(), job.attempt),
+            ("mail", "send", 1)
+        );
+        assert_eq!(job.lease_id.as_deref(), Some("l1"));
+        assert_eq!(job.lease_deadline_ms, Some(1_700_000_030_500));
+        assert_eq!(job.started_at_ms, Some(1_700_000_000_500));
+        assert_eq!(job.backoff.multiplier, 2.0);
+        assert_eq!(job.labels.get("team").map(String::as_str), Some("a"));
+        assert_eq!((job.payload.as_str(), job.error.is_none()), (r#"{"to":"x"}"#, true));
+        let again = JobRecord::from_claim("j1", "w1", "l2", reply("2", ["boom", "1", "1"])).unwrap();
+        assert_eq!(
+            again.error,
+            Some(JobError {
+                message: "boom".into(),
+                retryable: true,
+                attempt: 1
+            })
+        );
+        let mut short = reply("1", ["", "", ""]);
+        short.pop();
+        assert_eq!(
+            JobRecord::from_claim("j1", "w1", "l1", short).unwrap_err(),
+            "claim reply of 18 fields"
+        );
+        let mut bad = reply("1", ["", "", ""]);
+        bad[9] = "soon".into();
+        assert!(
+            JobRecord::from_claim("j1", "w1", "l1", bad)
+                .unwrap_err()
+                .contains("timeout")
+        );
     }
 
     #[test]

@@ -191,7 +191,11 @@ impl Store {
             Ok(items
                 .into_iter()
                 .zip(&claims)
-                .map(|(item, c)| record(&c.id, item).map(|(_, job)| job))
+                .map(|(item, c)| match item.first().map(String::as_str) {
+                    Some("OK") => JobRecord::from_claim(&c.id, &c.worker_id, &c.lease_id, item).map_err(Error::Corrupt),
+                    Some(status @ ("NOT_FOUND" | "FAILED_PRECONDITION")) => Err(refusal(&c.id, status, &item[1..])),
+                    _ => Err(Error::Corrupt(format!("claim reply {item:?}"))),
+                })
                 .collect())
         })
         .await

@@ -55,6 +55,60 @@ local function is_paused(queue)
   return p
 end
 
+-- Sorted-set writes of this script run (state indexes and timers), applied together by
+-- flush_writes(): per key, member -> score, or false for a removal; a member's last write wins.
+-- One ZADD and one ZREM per key and run instead of one call per job: each redis.call from Lua
+-- costs more than the sorted-set work it does.
+local ZW = {}
+local function zset(key, member, score)
+  local t = ZW[key]
+  if not t then
+    t = {}
+    ZW[key] = t
+  end
+  t[member] = score
+end
+local function zrem(key, member) zset(key, member, false) end
+
+-- Payloads of new jobs of this script run, written with one MSET by flush_writes().
+local PAYLOADS = {}
+
+-- Arguments per call at most when flushing (Lua's unpack has a stack limit).
+local FLUSH_CHUNK = 1000
+
+-- Calls cmd with key and the items of list in chunks.
+local function call_chunked(cmd, key, list)
+  for i = 1, #list, FLUSH_CHUNK do
+    local j = math.min(i + FLUSH_CHUNK - 1, #list)
+    if key then
+      redis.call(cmd, key, unpack(list, i, j))
+    else
+      redis.call(cmd, unpack(list, i, j))
+    end
+  end
+end
+
+-- Applies the buffered sorted-set writes and payloads. Runs after every script (see Scripts
+-- in store/mod.rs), and before a script reads an index it wrote (tick.lua).
+local function flush_writes()
+  for key, t in pairs(ZW) do
+    local adds, rems = {}, {}
+    for m, score in pairs(t) do
+      if score then
+        adds[#adds + 1] = score
+        adds[#adds + 1] = m
+      else
+        rems[#rems + 1] = m
+      end
+    end
+    call_chunked('ZADD', key, adds)
+    call_chunked('ZREM', key, rems)
+  end
+  ZW = {}
+  call_chunked('MSET', nil, PAYLOADS)
+  PAYLOADS = {}
+end
+
 -- Redis's clock in ms since the epoch, as a string.
 local function clock()
   local t = redis.call('TIME')
@@ -89,8 +143,8 @@ local function member(job) return job.queue .. ':' .. job.id end
 local function set_state(job, new, now)
   if job.state ~= new then
     local m = member(job)
-    redis.call('ZREM', IDX[job.state], m)
-    redis.call('ZADD', IDX[new], '0', m)
+    zrem(IDX[job.state], m)
+    zset(IDX[new], m, '0')
   end
   job.state = new
   put(job, 'state', new)
@@ -143,7 +197,7 @@ end
 -- sweeper finds lost run messages by comparing the queue with the run stream).
 local function enqueue(job, now)
   set_state(job, 'QUEUED', now)
-  redis.call('ZREM', TIMERS, job.id)
+  zrem(TIMERS, job.id)
   emit(job, 'run', job.attempt, now)
 end
 
@@ -155,7 +209,7 @@ local function finish(job, state, now)
   if job.ret then s, f, c = string.match(job.ret, '^(%d+)|(%d+)|(%d+)$') end
   local keep = c
   if state == 'SUCCEEDED' then keep = s elseif state == 'FAILED' then keep = f end
-  redis.call('ZADD', TIMERS, tonumber(now) + tonumber(keep), job.id)
+  zset(TIMERS, job.id, tonumber(now) + tonumber(keep))
 end
 
 -- Backoff delay in ms before attempt n+1 after n failed attempts, with jitter r in [0,1).
@@ -199,7 +253,7 @@ local function fail_attempt(job, err, retryable, delay, r, now)
     if delay <= 0 then
       enqueue(job, now)
     else
-      redis.call('ZADD', TIMERS, run_at, job.id)
+      zset(TIMERS, job.id, run_at)
     end
   else
     finish(job, 'FAILED', now)
@@ -236,7 +290,8 @@ local function create_job(rk, pk, ik, a, now)
   if run_at == '' then run_at = tostring(tonumber(now) + tonumber(a[14])) end
   local state, later = 'QUEUED', tonumber(run_at) > tonumber(now)
   if later then state = 'SCHEDULED' else run_at = now end
-  redis.call('SET', pk, a[4])
+  PAYLOADS[#PAYLOADS + 1] = pk
+  PAYLOADS[#PAYLOADS + 1] = a[4]
   local job = { id = id, key = rk, queue = queue, type = a[3], state = state, attempt = '1', traceparent = a[12],
     seq = 0, w = { 'queue', queue, 'type', a[3], 'state', state, 'attempt', '1', 'max_attempts', a[5], 'b', a[6],
       'timeout', a[7], 'run_at', run_at, 'created_at', now, 'updated_at', now } }
@@ -248,9 +303,9 @@ local function create_job(rk, pk, ik, a, now)
     redis.call('SADD', QUEUES, queue)
     seen_queues[queue] = true
   end
-  redis.call('ZADD', IDX[state], '0', member(job))
+  zset(IDX[state], member(job), '0')
   if later then
-    redis.call('ZADD', TIMERS, run_at, id)
+    zset(TIMERS, id, run_at)
     emit(job, nil, '1', now)
   else
     emit(job, 'run', '1', now)
@@ -258,11 +313,16 @@ local function create_job(rk, pk, ik, a, now)
   return 'OK', id
 end
 
+-- Fields of a QUEUED job a claim reads: what it checks and what its reply carries.
+local CLAIM_FIELDS = { 'type', 'attempt', 'traceparent', 'max_attempts', 'retry_base', 'b', 'timeout', 'run_at',
+  'idem_key', 'labels', 'created_at', 'error', 'error_retryable', 'error_attempt' }
+
 -- QUEUED -> RUNNING for `attempt` (a string, as in the run message), with a lease of
 -- lease_ms from now.
--- Returns 'OK', or 'NOT_FOUND', or 'FAILED_PRECONDITION' and the reason.
+-- Returns 'OK' and the reply of a granted claim without its payload (see claim.lua), or
+-- 'NOT_FOUND', or 'FAILED_PRECONDITION' and the reason.
 local function claim_job(rk, id, attempt, worker_id, lease_id, lease_ms, now)
-  local job = load(rk, id, { 'type', 'attempt', 'traceparent' })
+  local job = load(rk, id, CLAIM_FIELDS)
   if not job then return 'NOT_FOUND' end
   if job.state ~= 'QUEUED' or job.attempt ~= attempt then
     return 'FAILED_PRECONDITION', 'job is ' .. job.state .. ' on attempt ' .. job.attempt
@@ -279,9 +339,13 @@ local function claim_job(rk, id, attempt, worker_id, lease_id, lease_ms, now)
   put(job, 'started_at', now)
   -- Only an earlier attempt can have left progress behind.
   if attempt ~= '1' then redis.call('HDEL', rk, 'progress') end
-  redis.call('ZADD', TIMERS, deadline, id)
+  zset(TIMERS, id, deadline)
   emit(job, 'processing', attempt, now, worker_id)
-  return 'OK'
+  -- The record now is what was read plus what was written: a QUEUED job has no progress,
+  -- result, finish time or cancellation request (RetryJob clears them).
+  return 'OK', { 'OK', now, deadline, job.queue, job.type, job.attempt, job.max_attempts, job.retry_base or '',
+    job.b, job.timeout, job.run_at, job.idem_key or '', job.labels or '', job.traceparent or '', job.created_at,
+    job.error or '', job.error_retryable or '', job.error_attempt or '' }
 end
 
 -- RUNNING (same lease) -> SUCCEEDED with `result`. The same report again is a no-op ('OK');

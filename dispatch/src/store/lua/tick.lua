@@ -22,7 +22,7 @@ for i = 3, #ARGV do
   if due and tonumber(due) <= n_now then
     local job = load(rk, id, FAIL_FIELDS)
     if not job then
-      redis.call('ZREM', TIMERS, id)
+      zrem(TIMERS, id)
     elseif job.state == 'SCHEDULED' then
       enqueue(job, now)
       promoted = promoted + 1
@@ -31,10 +31,10 @@ for i = 3, #ARGV do
       fail_attempt(job, 'lease expired (worker ' .. (job.worker_id or '?') .. ')', true, -1, jitter, now)
       reaped = reaped + 1
     elseif job.state == 'QUEUED' then
-      redis.call('ZREM', TIMERS, id)
+      zrem(TIMERS, id)
     else
-      redis.call('ZREM', IDX[job.state], member(job))
-      redis.call('ZREM', TIMERS, id)
+      zrem(IDX[job.state], member(job))
+      zrem(TIMERS, id)
       if ik ~= rk and redis.call('GET', ik) == id then redis.call('DEL', ik) end
       redis.call('DEL', rk, pk)
       emptied[job.queue] = true
@@ -42,6 +42,8 @@ for i = 3, #ARGV do
     end
   end
 end
+-- The indexes are read below: apply this run's writes to them first.
+flush_writes()
 for queue in pairs(emptied) do
   local left = 0
   for _, k in pairs(IDX) do left = left + redis.call('ZLEXCOUNT', k, '[' .. queue .. ':', '(' .. queue .. ';') end
