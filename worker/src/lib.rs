@@ -23,9 +23,14 @@
 //! # Ok(()) }
 //! ```
 
+mod announce;
+mod attempt;
 pub mod handlers;
+mod lease;
 pub mod metrics;
+mod pull;
 mod report;
+mod rpc;
 mod runner;
 
 use std::collections::HashMap;

@@ -1,8 +1,9 @@
-//! Batched success reports. A finished job hands its `CompleteJobRequest` to the reporter and
-//! waits for the outcome; the reporter sends whatever has piled up as one `CompleteJobs` call
-//! (at most [`MAX_BATCH`] reports, at most [`IN_FLIGHT`] calls at once). Under light load a
+//! Reports of an attempt's outcome. Successes are batched: a finished job hands its
+//! `CompleteJobRequest` to the reporter and waits for the outcome; the reporter sends whatever
+//! has piled up as one `CompleteJobs` call (at most [`MAX_BATCH`] reports, at most
+//! [`IN_FLIGHT`] calls at once). Under light load a
 //! report goes out alone at once; under heavy load reports share calls, so a worker makes far
-//! fewer round trips than jobs.
+//! fewer round trips than jobs. Failures go one by one ([`fail`]).
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use dispatch_client::pb;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::{Code, Status};
 
-use crate::runner::{Client, with_retries};
+use crate::rpc::{Client, traced, with_retries};
 
 /// Most reports in one call (the server takes up to 1000).
 const MAX_BATCH: usize = 500;
@@ -98,4 +99,14 @@ async fn send(client: Client, items: Vec<Item>) {
             }
         }
     }
+}
+
+/// Records a failed attempt with FailJob (retried while dispatch is away).
+pub(crate) async fn fail(client: &Client, req: pb::FailJobRequest, traceparent: &str) -> Result<(), Status> {
+    with_retries(|| {
+        let mut c = client.clone();
+        let req = traced(req.clone(), traceparent);
+        async move { c.fail_job(req).await.map(|_| ()) }
+    })
+    .await
 }
