@@ -119,6 +119,9 @@ pub fn outgoing(m: &OutboxMsg) -> Option<Outgoing> {
         .encode_to_vec()
     } else {
         let ts: u64 = m.ts.parse().unwrap_or(0);
+        let mut timestamp = crate::api::ts(ts);
+        // The microseconds past the ms (sub-millisecond latency), when the entry has them.
+        timestamp.nanos += m.us.parse::<i32>().unwrap_or(0).clamp(0, 999) * 1000;
         pb::JobEvent {
             version: 1,
             job_id: id.into(),
@@ -127,7 +130,7 @@ pub fn outgoing(m: &OutboxMsg) -> Option<Outgoing> {
             attempt: attempt_n,
             state: State::parse(&m.state).map(crate::api::state_to_pb).unwrap_or(0),
             worker_id: m.worker_id.clone(),
-            timestamp: Some(crate::api::ts(ts)),
+            timestamp: Some(timestamp),
             error: m.error.clone(),
             sequence: m.seq.parse().unwrap_or(0),
         }
@@ -168,6 +171,23 @@ mod tests {
             seq: "4".into(),
             ..OutboxMsg::default()
         }
+    }
+
+    #[test]
+    fn event_times_keep_their_microseconds() {
+        let at = |us: &str| {
+            let m = OutboxMsg {
+                us: us.into(),
+                ..entry("complete")
+            };
+            pb::JobEvent::decode(outgoing(&m).unwrap().payload)
+                .unwrap()
+                .timestamp
+                .unwrap()
+        };
+        assert_eq!((at("").seconds, at("").nanos), (1, 0));
+        assert_eq!(at("371").nanos, 371_000);
+        assert_eq!(at("5000").nanos, 999_000);
     }
 
     #[test]

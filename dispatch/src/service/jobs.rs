@@ -41,13 +41,9 @@ fn labels_filter<'a>(errs: &mut FieldErrors, labels: &'a [String]) -> Vec<(&'a s
 }
 
 impl JobApi {
-    async fn create_one(&self, id: String, job: &store::NewJob) -> Result<pb::CreateJobResponse, Status> {
-        let created = self
-            .0
-            .store
-            .create(&id, job, self.0.config.jobs.idempotency_window_ms)
-            .await
-            .map_err(|e| self.0.store_err(e))?;
+    /// Creates one job through the group commit (see store::group).
+    async fn create_one(&self, job: store::NewJob) -> Result<pb::CreateJobResponse, Status> {
+        let created = self.0.creates.create(job).await.map_err(|e| self.0.store_err(e))?;
         Ok(self.created(created))
     }
 
@@ -86,7 +82,7 @@ impl JobService for JobApi {
             errs.into_result(())?;
             self.0.check_rate(req.extensions().get::<crate::auth::Identity>(), 1)?;
             let _permit = self.0.admit(1)?;
-            let resp = self.create_one(self.0.store.new_id(&job), &job).await?;
+            let resp = self.create_one(job).await?;
             if let Some(j) = &resp.job {
                 let span = tracing::Span::current();
                 span.record("job_id", j.id.as_str());

@@ -20,6 +20,8 @@ pub use workers::WorkerApi;
 #[derive(Clone)]
 pub struct Shared {
     pub store: Store,
+    /// Group commit of single CreateJob calls.
+    pub creates: crate::store::Committer,
     /// JetStream, for writing again the run messages of a resumed queue.
     pub js: async_nats::jetstream::Context,
     pub limits: Limits,

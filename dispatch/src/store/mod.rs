@@ -11,6 +11,7 @@
 //! - `queues`: paused queues, jobs finished per minute, announced workers;
 //! - `record`: the domain types parsed from a record.
 
+mod group;
 mod keys;
 mod outbox;
 mod queries;
@@ -28,6 +29,7 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{CustomCommand, FromValue, Value};
 
+pub use group::Committer;
 pub use keys::{LEGACY_KEYS, Layout, META, PREFIX, Partition};
 pub use outbox::{OUTBOX_GROUP, OutboxEntry, OutboxMsg};
 pub use queues::{MinuteStats, Outcome, STATS_MINUTES};

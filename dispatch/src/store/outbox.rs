@@ -42,6 +42,8 @@ pub struct OutboxMsg {
     pub tp: String,
     /// Suffix of a run message's id (a run written again by the sweeper).
     pub sfx: String,
+    /// Microseconds past `ts` (0-999; empty in entries of earlier versions).
+    pub us: String,
 }
 
 impl OutboxMsg {
@@ -364,9 +366,15 @@ fn unpack_outbox(packed: &str) -> Result<Vec<OutboxMsg>, Error> {
     }
 }
 
-/// One message from its 12 values (see `outbox` in lib.lua).
-fn message(values: Vec<Text>) -> Result<OutboxMsg, Error> {
+/// One message from its 13 values (see `outbox` in lib.lua), or the first 12 of them (an
+/// entry of an earlier version, without the microseconds).
+fn message(mut values: Vec<Text>) -> Result<OutboxMsg, Error> {
     let n = values.len();
+    let us = if n == 13 {
+        values.pop().map(|t| t.0).unwrap_or_default()
+    } else {
+        String::new()
+    };
     let Ok(
         [
             kind,
@@ -399,6 +407,7 @@ fn message(values: Vec<Text>) -> Result<OutboxMsg, Error> {
         seq: seq.0,
         tp: tp.0,
         sfx: sfx.0,
+        us,
     })
 }
 
@@ -417,11 +426,13 @@ mod tests {
         assert_eq!(f.tp, "00-ab-cd-01");
         assert_eq!(f.sfx, "");
         // An entry of several messages, in order.
-        let two = format!(r#"[{m}, ["run","j2","q","t","1","QUEUED","","1701","","1","",""]]"#);
+        let two = format!(r#"[{m}, ["run","j2","q","t","1","QUEUED","","1701","","1","","",371]]"#);
         let both = unpack_outbox(&two).unwrap();
         assert_eq!(both.len(), 2);
         assert_eq!((both[0].id.as_str(), both[1].id.as_str()), ("j1", "j2"));
         assert_eq!(both[1].kind, "run");
+        // The microseconds past the ms, and none in an earlier version's message.
+        assert_eq!((both[0].us.as_str(), both[1].us.as_str()), ("", "371"));
         assert!(unpack_outbox(r#"["run","j1"]"#).is_err());
         assert!(unpack_outbox(r#"[["run","j1"]]"#).is_err());
         // A number where a string belongs is read as its text.

@@ -7,8 +7,10 @@
 //!   `CreateJobs` batches, then the same number singly with `CreateJob`; enqueue rate (first
 //!   submit → last accepted) and end-to-end rate (first submit → last `SUCCEEDED` recorded,
 //!   the timestamp on its `job_complete` event);
-//! - **latency** at `--rate` jobs/s offered for `--latency-s` seconds: enqueue → start
-//!   (`created_at` → the `job_processing` event) and enqueue → `SUCCEEDED`;
+//! - **latency** at `--rate` jobs/s offered for `--latency-s` seconds, single `CreateJob`
+//!   calls: enqueue → start (the call sent → the time on the `job_processing` event) and
+//!   enqueue → `SUCCEEDED`, to the microsecond (events carry Redis's time in µs; the bench
+//!   and Redis share the host's clock);
 //! - **memory**: Redis bytes per queued job beyond its payload, and dispatch/worker RSS.
 //!
 //! Prints a table, then one JSON line. Exits non-zero when any job did not succeed, so a small
@@ -352,16 +354,21 @@ async fn latency(
     for i in 0..n {
         tick.tick().await;
         let (mut c, queue) = (client.clone(), args.queue.clone());
-        calls.push(tokio::spawn(async move { c.create_job(job_request(&queue, i)).await }));
+        // The job's enqueue time: when it is sent, on this host's clock (Redis's, which stamps
+        // the events, is the same clock), to the microsecond.
+        let sent = now_ms();
+        calls.push(tokio::spawn(async move {
+            (sent, c.create_job(job_request(&queue, i)).await)
+        }));
     }
     let mut created = Vec::with_capacity(n);
     for c in calls {
-        let job = c
-            .await??
+        let (sent, reply) = c.await?;
+        let job = reply?
             .into_inner()
             .job
             .ok_or_else(|| anyhow::anyhow!("no job in reply"))?;
-        created.push((job.id.clone(), ts_ms(job.created_at.as_ref())));
+        created.push((job.id.clone(), sent));
     }
     let rss_after = dispatch_pid.and_then(rss_mb).map(|r| r.0);
     let ids: Vec<String> = created.iter().map(|(id, _)| id.clone()).collect();

@@ -109,10 +109,16 @@ local function flush_writes()
   PAYLOADS = {}
 end
 
+-- The microseconds past the ms of the last clock() read (0-999, a string): events carry them,
+-- so latency can be measured below a millisecond.
+local NOW_US = '0'
+
 -- Redis's clock in ms since the epoch, as a string.
 local function clock()
   local t = redis.call('TIME')
-  return tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  local us = tonumber(t[2])
+  NOW_US = tostring(us % 1000)
+  return tostring(tonumber(t[1]) * 1000 + math.floor(us / 1000))
 end
 
 -- Reads named fields of job `id` (record key rk) and always its state, seq and queue into a
@@ -157,7 +163,9 @@ local OUTQ = {}
 local OUTBOX_ENTRY_MAX = 64
 
 -- Writes the queued messages to the outbox as one entry: one field `m`, a JSON array of
--- messages (cjson is Redis's built-in C encoder), each the array `outbox` packs. The relay
+-- messages (cjson is Redis's built-in C encoder), each the array `outbox` packs: kind, id,
+-- queue, type, attempt, state, worker_id, time (ms), error, seq, traceparent, run message id
+-- suffix, µs past the ms. The relay
 -- decodes it. Runs after every script (see Scripts in store/mod.rs), and whenever an entry is
 -- full.
 local function flush_outbox()
@@ -170,7 +178,7 @@ end
 -- Queues a message for NATS. kind: run|processing|complete|failed|cancelled.
 local function outbox(job, kind, attempt, now, worker_id, err, seq, msg_suffix)
   OUTQ[#OUTQ + 1] = { kind, job.id, job.queue, job.type, tostring(attempt), job.state, worker_id or '', tostring(now),
-    err or '', tostring(seq or 0), job.traceparent or '', msg_suffix or '' }
+    err or '', tostring(seq or 0), job.traceparent or '', msg_suffix or '', NOW_US }
   if #OUTQ >= OUTBOX_ENTRY_MAX then flush_outbox() end
 end
 
