@@ -735,3 +735,72 @@ async fn a_run_message_dropped_while_paused_is_written_again_on_resume() {
     assert_eq!(done.attempt, 1);
     s.stop().await;
 }
+
+/// Single CreateJob calls at once share writes (the group commit): every caller still gets its
+/// own job with its own payload, and callers racing on one idempotency key all get the one job,
+/// created once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_single_creates_each_get_their_own_job() {
+    let s = Stack::start().await;
+    let client = s.jobs().await;
+    let mut calls = Vec::new();
+    for i in 0..300u64 {
+        let mut c = client.clone();
+        let mut body = json!({"queue": "grouped", "type": "noop", "payload": {"i": i}});
+        if i % 10 == 0 {
+            body["options"] = json!({"idempotencyKey": "same"});
+        }
+        let req: pb::CreateJobRequest = serde_json::from_value(body).unwrap();
+        calls.push(tokio::spawn(async move {
+            (i, c.create_job(req).await.unwrap().into_inner())
+        }));
+    }
+    let (mut keyed, mut plain) = (Vec::new(), Vec::new());
+    for call in calls {
+        let (i, r) = call.await.unwrap();
+        let job = r.job.unwrap();
+        assert_eq!(job.state, JobState::Queued as i32);
+        if i % 10 == 0 {
+            keyed.push((job.id, r.created));
+        } else {
+            assert!(r.created);
+            let payload = dispatch_client::json::from_proto(job.payload.as_ref());
+            assert_eq!(
+                payload,
+                json!({"i": i}),
+                "job {} answered with another's payload",
+                job.id
+            );
+            plain.push((i, job.id));
+        }
+    }
+    let first = keyed[0].0.clone();
+    assert!(
+        keyed.iter().all(|(id, _)| *id == first),
+        "one idempotency key, several jobs"
+    );
+    assert_eq!(keyed.iter().filter(|(_, created)| *created).count(), 1);
+    let ids: std::collections::HashSet<&String> = plain.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), 270);
+    assert!(!ids.contains(&first));
+    // What was stored is what each caller was told.
+    let mut c = client.clone();
+    for (i, id) in plain.iter().step_by(9) {
+        let job = c
+            .get_job(pb::GetJobRequest { id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(dispatch_client::json::from_proto(job.payload.as_ref()), json!({"i": i}));
+    }
+    let queues = c
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .queues;
+    let grouped = queues.iter().find(|q| q.name == "grouped").unwrap();
+    assert_eq!(grouped.depth, 271);
+}

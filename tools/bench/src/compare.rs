@@ -32,6 +32,9 @@ fn child_args(args: &Args) -> Vec<String> {
     if args.redis_aof {
         out.push("--redis-aof".into());
     }
+    if args.secure {
+        out.push("--secure".into());
+    }
     out
 }
 

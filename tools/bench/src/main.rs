@@ -30,7 +30,6 @@ use dispatch_client::pb::{self, job_service_client::JobServiceClient};
 use fred::prelude::*;
 use futures::StreamExt;
 use prost::Message;
-use tonic::transport::Channel;
 
 use stack::{Options, Stack, rss_mb};
 use stats::{rate, summary};
@@ -72,6 +71,11 @@ struct Args {
     /// Redis with its append-only file on (default: no persistence, as the peers ran).
     #[arg(long)]
     redis_aof: bool,
+    /// Keys and TLS on everywhere: Redis and NATS with TLS and passwords, dispatch with API
+    /// keys and TLS on its listeners, the bench and the worker calling with keys over TLS
+    /// (the memory phase is skipped: security does not change a record's size).
+    #[arg(long, conflicts_with = "grpc_url")]
+    secure: bool,
     /// Queue of the throughput and latency runs; a running stack's workers must serve it.
     #[arg(long, default_value = "bench")]
     queue: String,
@@ -221,7 +225,7 @@ async fn wait_done(seen: &Mutex<Seen>, ids: &[String], timeout: Duration) -> any
 /// Submits `n` jobs from `callers` concurrent callers, `batch` per `CreateJobs` call, or one
 /// `CreateJob` call each when `batch` is 0; returns their ids.
 async fn submit(
-    client: &JobServiceClient<Channel>,
+    client: &JobServiceClient<dispatch_client::Transport>,
     queue: &str,
     n: usize,
     batch: usize,
@@ -289,7 +293,7 @@ fn cpu_now(pids: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
 
 async fn throughput(
     args: &Args,
-    client: &JobServiceClient<Channel>,
+    client: &JobServiceClient<dispatch_client::Transport>,
     js: &jetstream::Context,
     single: bool,
     pids: &[(&'static str, u32)],
@@ -340,7 +344,7 @@ struct Latency {
 
 async fn latency(
     args: &Args,
-    client: &JobServiceClient<Channel>,
+    client: &JobServiceClient<dispatch_client::Transport>,
     js: &jetstream::Context,
     dispatch_pid: Option<u32>,
 ) -> anyhow::Result<Latency> {
@@ -399,7 +403,11 @@ async fn used_memory(redis: &Client) -> anyhow::Result<f64> {
 }
 
 /// Redis bytes per queued job beyond its payload: `n` jobs on a queue no worker serves.
-async fn memory(args: &Args, client: &JobServiceClient<Channel>, redis_url: &str) -> anyhow::Result<f64> {
+async fn memory(
+    args: &Args,
+    client: &JobServiceClient<dispatch_client::Transport>,
+    redis_url: &str,
+) -> anyhow::Result<f64> {
     let redis = Builder::from_config(fred::types::config::Config::from_url(redis_url)?).build()?;
     redis.init().await?;
     let queue = format!("bench-idle-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -469,6 +477,7 @@ async fn main() -> anyhow::Result<()> {
         worker_concurrency: args.worker_concurrency,
         workers: args.workers,
         queues: vec![args.queue.clone()],
+        secure: args.secure,
     };
     let mut results = Vec::new();
     for i in 0..args.runs.max(1) {
@@ -496,10 +505,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: &Args, stack: &Stack) -> anyhow::Result<serde_json::Value> {
-    let client = JobServiceClient::connect(stack.grpc_url.clone())
-        .await?
-        .max_decoding_message_size(64 << 20);
-    let js = jetstream::new(async_nats::connect(&stack.nats_url).await?);
+    let client = stack.client().await?.jobs().max_decoding_message_size(64 << 20);
+    let js = jetstream::new(stack.nats().await?);
     println!(
         "dispatch bench: {} jobs in batches of {} from {} callers, {} singly from {} callers, latency at {}/s for {} s",
         args.jobs, args.batch, args.callers, args.single_jobs, args.single_callers, args.rate, args.latency_s

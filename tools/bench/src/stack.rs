@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use dispatch_testkit::{Proc, Servers, Topology, bin, free_port, start_servers_on};
+use dispatch_client::nats::NatsAuth;
+use dispatch_testkit::{Proc, Servers, Topology, bin, free_port, start_secure_servers, start_servers_on};
 
 /// Where the stack is, and the processes this run started (stopped on drop).
 pub struct Stack {
@@ -19,6 +20,8 @@ pub struct Stack {
     pub worker_pid: Option<u32>,
     /// Every process started here by name, for their CPU time.
     pub pids: Vec<(&'static str, u32)>,
+    /// How the bench logs in when keys and TLS are on.
+    pub access: Option<Access>,
     procs: Vec<Proc>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -34,6 +37,52 @@ pub struct Options {
     pub workers: usize,
     /// Queues the worker serves.
     pub queues: Vec<String>,
+    /// Keys and TLS everywhere (see [`Access`]).
+    pub secure: bool,
+}
+
+/// A secured stack's credentials for the bench: Redis and NATS with TLS and passwords
+/// (testkit's secured servers), dispatch with API keys and TLS on its listeners; the bench
+/// calls with an admin key, the worker with a worker key, each over TLS.
+#[derive(Clone)]
+pub struct Access {
+    pub token: String,
+    pub ca: std::path::PathBuf,
+    pub nats: NatsAuth,
+}
+
+impl Access {
+    /// A gRPC client of dispatch over TLS with the bench's key.
+    pub fn client(&self, grpc_url: &str) -> anyhow::Result<dispatch_client::Client> {
+        let tls = dispatch_client::Tls::new().ca_file(&self.ca)?;
+        Ok(dispatch_client::Client::connect_lazy_tls(grpc_url.to_string(), &tls)?
+            .with_token(&self.token)
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?)
+    }
+}
+
+/// Adds a key of `role` to the keys file `file`; its token.
+fn new_key(file: &Path, role: &str) -> anyhow::Result<String> {
+    let out = Command::new(bin("dispatch"))
+        .args([
+            "keys",
+            "create",
+            "--role",
+            role,
+            "--name",
+            &format!("bench-{role}"),
+            "--file",
+        ])
+        .arg(file)
+        .stderr(Stdio::null())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "dispatch keys create failed");
+    String::from_utf8(out.stdout)?
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("dsp_"))
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("dispatch keys create printed no token"))
 }
 
 impl Stack {
@@ -46,6 +95,7 @@ impl Stack {
             dispatch_pid: None,
             worker_pid: None,
             pids: Vec::new(),
+            access: None,
             procs: Vec::new(),
             _dir: None,
         }
@@ -59,18 +109,59 @@ impl Stack {
             redis_url,
             nats,
             nats_port,
+            links,
             ..
-        } = start_servers_on(dir.path(), opts.redis_aof, Topology::Single);
+        } = if opts.secure {
+            start_secure_servers(dir.path(), opts.redis_aof)
+        } else {
+            start_servers_on(dir.path(), opts.redis_aof, Topology::Single)
+        };
         let (grpc_port, http_port) = (free_port(), free_port());
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
-        let grpc_url = format!("http://127.0.0.1:{grpc_port}");
-        let dispatch = spawn_logged(
-            Command::new(bin("dispatch"))
-                .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
-                .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-                .args(["--redis-url", &redis_url, "--nats-url", &nats_url]),
-            &dir.path().join("dispatch.log"),
-        )?;
+        let scheme = if opts.secure { "https" } else { "http" };
+        let grpc_url = format!("{scheme}://127.0.0.1:{grpc_port}");
+        let mut dispatch_cmd = Command::new(bin("dispatch"));
+        dispatch_cmd
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--redis-url", &redis_url, "--nats-url", &nats_url]);
+        let mut access = None;
+        let mut worker_flags: Vec<std::ffi::OsString> = Vec::new();
+        let mut worker_env = Vec::new();
+        if let Some(l) = &links {
+            let keys = dir.path().join("keys.txt");
+            let (admin, worker) = (new_key(&keys, "admin")?, new_key(&keys, "worker")?);
+            let set = |k: &str, v: &str| ["--set".to_string(), format!("{k}={v}")];
+            dispatch_cmd
+                .arg("--auth-keys")
+                .arg(&keys)
+                .arg("--tls-cert")
+                .arg(&l.pki.cert)
+                .arg("--tls-key")
+                .arg(&l.pki.key)
+                .args(set("redis.username", &l.redis.username))
+                .args(set("redis.password_file", &l.redis.password_file))
+                .args(set("redis.tls_ca_file", &l.redis.tls_ca_file))
+                .args(set("nats.user", &l.nats.user))
+                .args(set("nats.password_file", &l.nats.password_file))
+                .args(set("nats.tls_ca_file", &l.nats.tls_ca_file));
+            for (flag, v) in [
+                ("--ca-cert", l.pki.ca.as_os_str()),
+                ("--nats-user", l.nats.user.as_ref()),
+                ("--nats-password-file", l.nats.password_file.as_ref()),
+                ("--nats-ca-cert", l.nats.tls_ca_file.as_ref()),
+            ] {
+                worker_flags.extend([flag.into(), v.to_os_string()]);
+            }
+            // The token from the environment, as the worker's help advises.
+            worker_env.push(("DISPATCH_TOKEN", worker));
+            access = Some(Access {
+                token: admin,
+                ca: l.pki.ca.clone(),
+                nats: l.nats.clone(),
+            });
+        }
+        let dispatch = spawn_logged(&mut dispatch_cmd, &dir.path().join("dispatch.log"))?;
         let dispatch_pid = dispatch.0.id();
         let queues: Vec<String> = opts
             .queues
@@ -82,7 +173,9 @@ impl Stack {
             workers.push(spawn_logged(
                 Command::new(bin("worker"))
                     .args(["--worker-id", &format!("bench-worker-{i}"), "--dispatch-url", &grpc_url])
-                    .args(["--nats-url", &nats_url, "--queues", &queues.join(",")]),
+                    .args(["--nats-url", &nats_url, "--queues", &queues.join(",")])
+                    .args(&worker_flags)
+                    .envs(worker_env.iter().map(|(k, v)| (k, v))),
                 &dir.path().join(format!("worker-{i}.log")),
             )?);
         }
@@ -90,7 +183,8 @@ impl Stack {
         let stack = Stack {
             grpc_url,
             nats_url,
-            redis_url: Some(redis_url),
+            // Secured, the memory phase is skipped: security does not change a record's size.
+            redis_url: (!opts.secure).then_some(redis_url),
             dispatch_pid: Some(dispatch_pid),
             worker_pid: Some(worker_pid),
             pids: vec![
@@ -100,6 +194,7 @@ impl Stack {
                 ("worker", worker_pid),
                 ("bench", std::process::id()),
             ],
+            access,
             procs: workers.into_iter().chain([dispatch, nats, redis]).collect(),
             _dir: Some(dir),
         };
@@ -111,9 +206,11 @@ impl Stack {
     async fn wait_serving(&self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut c) =
-                dispatch_client::pb::job_service_client::JobServiceClient::connect(self.grpc_url.clone()).await
-                && c.list_queues(dispatch_client::pb::ListQueuesRequest {}).await.is_ok()
+            if let Ok(c) = self.client().await
+                && c.jobs()
+                    .list_queues(dispatch_client::pb::ListQueuesRequest {})
+                    .await
+                    .is_ok()
             {
                 return Ok(());
             }
@@ -124,6 +221,23 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A gRPC client of dispatch (over TLS with the bench's key when secured).
+    pub async fn client(&self) -> anyhow::Result<dispatch_client::Client> {
+        match &self.access {
+            Some(a) => a.client(&self.grpc_url),
+            None => Ok(dispatch_client::Client::connect(self.grpc_url.clone()).await?),
+        }
+    }
+
+    /// A NATS client (with the credentials and TLS when secured).
+    pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
+        let auth = self.access.as_ref().map(|a| a.nats.clone()).unwrap_or_default();
+        let (opts, servers) = dispatch_client::nats::connect_options(&self.nats_url, &auth)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok(opts.connect(servers.as_str()).await?)
     }
 
     /// Stops the processes started here: worker and dispatch first, then NATS and Redis.
