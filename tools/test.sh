@@ -28,6 +28,8 @@ echo "== loadcheck on a 3-master Redis Cluster (1000 jobs, a worker killed every
 DISPATCH_TEST_REDIS=cluster ./target/debug/loadcheck --jobs 1000 --kill-every-ms 1000
 echo "== bench smoke (2,000 jobs batched, 500 singly, 2 s at 200/s, memory: every job must succeed; no timing asserted)"
 ./target/debug/bench --runs 1 --jobs 2000 --single-jobs 500 --latency-s 2 --rate 200 --mem-jobs 1000 --timeout-s 120
+echo "== bench smoke with keys and TLS everywhere (--secure; every job must succeed)"
+./target/debug/bench --runs 1 --secure --jobs 1000 --single-jobs 200 --latency-s 1 --rate 200 --warmup 100 --timeout-s 120
 echo "== make run: a killed worker restarts, stopping is ordered and loses no finished job, a dead dispatch stops the stack"
 tools/run-check.sh
 echo "== generated clients match the proto"; tools/gen-clients.sh --check

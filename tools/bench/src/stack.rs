@@ -55,9 +55,9 @@ impl Access {
     /// A gRPC client of dispatch over TLS with the bench's key.
     pub fn client(&self, grpc_url: &str) -> anyhow::Result<dispatch_client::Client> {
         let tls = dispatch_client::Tls::new().ca_file(&self.ca)?;
-        Ok(dispatch_client::Client::connect_lazy_tls(grpc_url.to_string(), &tls)?
+        dispatch_client::Client::connect_lazy_tls(grpc_url.to_string(), &tls)?
             .with_token(&self.token)
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?)
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))
     }
 }
 
