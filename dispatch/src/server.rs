@@ -129,7 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let shared = Shared {
         store: store.clone(),
-        creates: crate::store::Committer::start(store.clone(), config.jobs.idempotency_window_ms),
+        creates: crate::store::Committer::new(store.clone(), config.jobs.idempotency_window_ms),
         js: js.clone(),
         limits: Limits {
             defaults: config.jobs.clone(),

@@ -49,7 +49,7 @@ pub struct Committer {
 
 impl Committer {
     /// A committer writing to `store`; `idempotency_window_ms` as for [`Store::create_many`].
-    pub fn start(store: Store, idempotency_window_ms: u64) -> Committer {
+    pub fn new(store: Store, idempotency_window_ms: u64) -> Committer {
         Committer {
             store,
             window_ms: idempotency_window_ms,
