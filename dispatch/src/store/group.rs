@@ -61,7 +61,7 @@ impl Committer {
     /// write with whatever other creates are waiting.
     pub async fn create(&self, job: NewJob) -> Result<Created, Error> {
         let (tx, rx) = oneshot::channel();
-        let mut group = {
+        let group = {
             let mut q = self.lock();
             if q.writing >= IN_FLIGHT {
                 q.waiting.push((job, tx));
@@ -71,7 +71,7 @@ impl Committer {
                 Some(vec![(job, tx)])
             }
         };
-        if let Some(g) = group.take() {
+        if let Some(g) = group {
             // The turn passes on even when this call is dropped mid-write (its caller gone).
             let turn = Turn(self.clone());
             commit(&self.store, self.window_ms, g).await;
@@ -136,21 +136,10 @@ async fn commit(store: &Store, window_ms: u64, items: Vec<(NewJob, Waiter)>) {
             }
             Err(e) => {
                 for w in waiters {
-                    let _ = w.send(Err(dup(&e)));
+                    let _ = w.send(Err(e.clone()));
                 }
             }
         }
     });
     futures::future::join_all(writes).await;
-}
-
-/// The same error again, for every caller of a failed write.
-fn dup(e: &Error) -> Error {
-    match e {
-        Error::NotFound(s) => Error::NotFound(s.clone()),
-        Error::FailedPrecondition(s) => Error::FailedPrecondition(s.clone()),
-        Error::Redis(r) => Error::Redis(r.clone()),
-        Error::Corrupt(s) => Error::Corrupt(s.clone()),
-        Error::Incompatible(s) => Error::Incompatible(s.clone()),
-    }
 }

@@ -40,7 +40,7 @@ pub use transitions::{Beat, Claim, Completed, Created};
 use crate::config::Retention;
 
 /// Errors of store operations.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// No such job. Fatal for the request.

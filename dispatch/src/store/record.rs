@@ -182,12 +182,7 @@ impl JobRecord {
     /// first missing or bad field. Fields left at their default are not stored (see lib.lua).
     pub fn from_fields(id: &str, f: &HashMap<String, String>) -> Result<JobRecord, String> {
         let s = |k: &str| f.get(k).cloned().ok_or_else(|| format!("field {k} missing"));
-        let num = |k: &str| -> Result<u64, String> {
-            let v = s(k)?;
-            v.parse::<u64>()
-                .or_else(|_| v.parse::<f64>().map(|x| x as u64))
-                .map_err(|_| format!("field {k} is not a number: {v:?}"))
-        };
+        let num = |k: &str| number(k, &s(k)?);
         let opt = |k: &str| -> Option<u64> { f.get(k).and_then(|v| v.parse::<f64>().ok()).map(|x| x as u64) };
         let state_s = s("state")?;
         let error = f.get("error").map(|m| JobError {
@@ -227,9 +222,7 @@ impl JobRecord {
             traceparent: f.get("traceparent").cloned().unwrap_or_default(),
         })
     }
-}
 
-impl JobRecord {
     /// Builds the record of a granted claim from claim.lua's positional reply (see there)
     /// and what the claim sent: the job id, worker and lease id. No map, no copy of the field
     /// names: this runs for every job.
@@ -256,28 +249,23 @@ impl JobRecord {
             error_attempt,
             payload,
         ]: [String; 19] = reply.try_into().map_err(|_| format!("claim reply of {n} fields"))?;
-        let num = |k: &str, v: &str| -> Result<u64, String> {
-            v.parse::<u64>()
-                .or_else(|_| v.parse::<f64>().map(|x| x as u64))
-                .map_err(|_| format!("field {k} is not a number: {v:?}"))
-        };
-        let now = num("updated_at", &now)?;
+        let now = number("updated_at", &now)?;
         Ok(JobRecord {
             id: id.to_string(),
             queue,
             job_type,
             payload,
             state: State::Running,
-            attempt: num("attempt", &attempt)? as u32,
-            max_attempts: num("max_attempts", &max_attempts)? as u32,
+            attempt: number("attempt", &attempt)? as u32,
+            max_attempts: number("max_attempts", &max_attempts)? as u32,
             retry_base: retry_base.parse::<f64>().map_or(0, |x| x as u32),
             backoff: Backoff::unpack(&b)?,
-            timeout_ms: num("timeout", &timeout)?,
-            run_at_ms: num("run_at", &run_at)?,
+            timeout_ms: number("timeout", &timeout)?,
+            run_at_ms: number("run_at", &run_at)?,
             idempotency_key: idem_key,
             worker_id: worker_id.to_string(),
             lease_id: Some(lease_id.to_string()),
-            lease_deadline_ms: Some(num("lease_deadline", &deadline)?),
+            lease_deadline_ms: Some(number("lease_deadline", &deadline)?),
             progress: None,
             result: None,
             // error_attempt is written with every error (an error message may be empty).
@@ -288,13 +276,20 @@ impl JobRecord {
             }),
             cancel_requested: false,
             labels: serde_json::from_str(&labels).unwrap_or_default(),
-            created_at_ms: num("created_at", &created_at)?,
+            created_at_ms: number("created_at", &created_at)?,
             updated_at_ms: now,
             started_at_ms: Some(now),
             finished_at_ms: None,
             traceparent,
         })
     }
+}
+
+/// Field `k`'s value `v` as a whole number (a float is truncated).
+fn number(k: &str, v: &str) -> Result<u64, String> {
+    v.parse::<u64>()
+        .or_else(|_| v.parse::<f64>().map(|x| x as u64))
+        .map_err(|_| format!("field {k} is not a number: {v:?}"))
 }
 
 /// One entry of a job's history (field `h<seq>` of its record).

@@ -14,5 +14,5 @@ local now = tonumber(clock())
 local deadline = math.min(now + lease_ms, tonumber(job.started_at) + tonumber(job.timeout) + lease_ms)
 redis.call('HSET', rk, 'lease_deadline', deadline)
 if ARGV[5] == '1' then redis.call('HSET', rk, 'progress', ARGV[6]) end
-redis.call('ZADD', TIMERS, deadline, id)
+zset(TIMERS, id, deadline)
 return { 'OK', job.cancel_requested or '0', tostring(deadline) }
