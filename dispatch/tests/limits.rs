@@ -49,6 +49,7 @@ async fn job_creation_is_rate_limited_per_key() {
     let mut jobs = s.jobs().await;
     let batch = pb::CreateJobsRequest {
         jobs: (0..10).map(|_| job("rate", serde_json::json!({}))).collect(),
+        ids_only: false,
     };
     jobs.create_jobs(authed(&a, batch)).await.unwrap();
     let err = jobs

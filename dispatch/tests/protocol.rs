@@ -309,7 +309,10 @@ async fn invalid_requests_get_field_violations_and_write_nothing() {
         vec!["jobs[1].type"]
     );
     let empty = api
-        .create_jobs(pb::CreateJobsRequest { jobs: vec![] })
+        .create_jobs(pb::CreateJobsRequest {
+            jobs: vec![],
+            ids_only: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(violations(&empty), vec!["jobs"]);
@@ -602,6 +605,7 @@ async fn create_jobs_writes_the_batch_and_honours_idempotency_inside_it() {
     let r = api
         .create_jobs(pb::CreateJobsRequest {
             jobs: vec![req("k1", false), req("k2", true), req("k1", false)],
+            ids_only: false,
         })
         .await
         .unwrap()
@@ -617,6 +621,35 @@ async fn create_jobs_writes_the_batch_and_honours_idempotency_inside_it() {
         let stored = s.get(id).await;
         assert_eq!(r[i].job.as_ref(), Some(&stored), "job {i}");
     }
+    // ids_only: the same answers with nothing but the ids; the repeated key names the job
+    // it already made.
+    let brief = api
+        .create_jobs(pb::CreateJobsRequest {
+            jobs: vec![req("k1", false), req("k3", false)],
+            ids_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(brief.iter().map(|x| x.created).collect::<Vec<_>>(), vec![false, true]);
+    let brief: Vec<pb::Job> = brief.into_iter().map(|x| x.job.unwrap()).collect();
+    assert_eq!(
+        brief[0],
+        pb::Job {
+            id: ids[0].clone(),
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        brief[1],
+        pb::Job {
+            id: brief[1].id.clone(),
+            ..Default::default()
+        }
+    );
+    let new = s.get(&brief[1].id).await;
+    assert_eq!((new.queue.as_str(), new.state), ("many", JobState::Queued as i32));
     let q = api
         .list_queues(pb::ListQueuesRequest {})
         .await
@@ -626,6 +659,6 @@ async fn create_jobs_writes_the_batch_and_honours_idempotency_inside_it() {
         .into_iter()
         .find(|q| q.name == "many")
         .unwrap();
-    assert_eq!((q.depth, q.scheduled), (1, 1));
+    assert_eq!((q.depth, q.scheduled), (2, 1), "k1 and k3 queued, k2 delayed");
     s.stop().await;
 }

@@ -240,6 +240,17 @@ async fn cancel_retry_batch_and_pagination_over_rest() {
     let b = http.post("/api/jobs:batch", json!({ "jobs": jobs })).await;
     assert_eq!(b.status, StatusCode::OK, "{}", b.json);
     assert_eq!(b.json["results"].as_array().unwrap().len(), 5);
+    // idsOnly: each result's job is its id alone.
+    let brief = http
+        .post(
+            "/api/jobs:batch",
+            json!({"jobs": [{"queue": "brief", "type": "noop"}], "idsOnly": true}),
+        )
+        .await;
+    assert_eq!(brief.status, StatusCode::OK, "{}", brief.json);
+    let id = brief.json["results"][0]["job"]["id"].as_str().unwrap();
+    assert_eq!(brief.json["results"][0], json!({"job": {"id": id}, "created": true}));
+    assert_eq!(http.get(&format!("/api/job/{id}")).await.json["job"]["queue"], "brief");
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {

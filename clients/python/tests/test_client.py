@@ -45,6 +45,10 @@ def test_batch_list_and_queues(client: Client):
     queue = next(q for q in client.queues() if q.name == "py-batch")
     assert queue.scheduled == 5
 
+    brief = client.create_many([{"queue": "py-brief", "type": "noop"}], ids_only=True)
+    assert brief[0].created and brief[0].job.id and not brief[0].job.queue
+    assert client.get(brief[0].job.id).queue == "py-brief"
+
 
 def test_errors_map_to_exceptions(client: Client):
     with pytest.raises(dispatch_client.NotFound) as e:

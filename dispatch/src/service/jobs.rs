@@ -44,11 +44,12 @@ impl JobApi {
     /// Creates one job through the group commit (see store::group).
     async fn create_one(&self, job: store::NewJob) -> Result<pb::CreateJobResponse, Status> {
         let created = self.0.creates.create(job).await.map_err(|e| self.0.store_err(e))?;
-        Ok(self.created(created))
+        Ok(self.created(created, false))
     }
 
-    /// Counts and logs a created job; its response.
-    fn created(&self, created: store::Created) -> pb::CreateJobResponse {
+    /// Counts and logs a created job; its response, with the full record or, `ids_only`,
+    /// the id alone.
+    fn created(&self, created: store::Created, ids_only: bool) -> pb::CreateJobResponse {
         if created.created {
             self.0
                 .metrics
@@ -60,8 +61,16 @@ impl JobApi {
                 .inc();
             tracing::info!(job_id = %created.job.id, queue = %created.job.queue, job_type = %created.job.job_type, attempt = created.job.attempt, "job created");
         }
+        let job = if ids_only {
+            pb::Job {
+                id: created.job.id,
+                ..Default::default()
+            }
+        } else {
+            self.0.job_view(&created.job)
+        };
         pb::CreateJobResponse {
-            job: Some(self.0.job_view(&created.job)),
+            job: Some(job),
             created: created.created,
         }
     }
@@ -106,6 +115,7 @@ impl JobService for JobApi {
             // The jobs of one batch share its trace.
             let tp = dispatch_telemetry::traceparent(&tracing::Span::current()).unwrap_or_else(|| traceparent(&req));
             let mut errs = FieldErrors::default();
+            let ids_only = req.get_ref().ids_only;
             let reqs = &req.get_ref().jobs;
             if reqs.is_empty() || reqs.len() > MAX_BATCH {
                 errs.add("jobs", format!("must hold 1 to {MAX_BATCH} jobs"));
@@ -129,7 +139,7 @@ impl JobService for JobApi {
                 .await
                 .map_err(|e| self.0.store_err(e))?
                 .into_iter()
-                .map(|c| self.created(c))
+                .map(|c| self.created(c, ids_only))
                 .collect();
             self.0.relay_wake.notify_one();
             Ok(Response::new(pb::CreateJobsResponse { results }))

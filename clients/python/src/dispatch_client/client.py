@@ -138,16 +138,19 @@ class Client:
         req = _create_request(queue, type, payload, options or job_options(**option_kwargs))
         return self._call(self.jobs.CreateJob, req)
 
-    def create_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[job_service_pb2.CreateJobResponse]:
+    def create_many(
+        self, jobs: Iterable[Mapping[str, Any]], *, ids_only: bool = False
+    ) -> list[job_service_pb2.CreateJobResponse]:
         """Creates up to 1,000 jobs in one call: each a mapping with `queue`, `type`, and
-        optionally `payload` and `options` (a JobOptions or a dict of `job_options` keywords)."""
+        optionally `payload` and `options` (a JobOptions or a dict of `job_options` keywords).
+        With `ids_only=True` each result's job carries only its id."""
         reqs = []
         for j in jobs:
             opts = j.get("options")
             if isinstance(opts, Mapping):
                 opts = job_options(**opts)
             reqs.append(_create_request(j["queue"], j["type"], j.get("payload"), opts or job_pb2.JobOptions()))
-        resp = self._call(self.jobs.CreateJobs, job_service_pb2.CreateJobsRequest(jobs=reqs))
+        resp = self._call(self.jobs.CreateJobs, job_service_pb2.CreateJobsRequest(jobs=reqs, ids_only=ids_only))
         return list(resp.results)
 
     def get(self, job_id: str) -> job_pb2.Job:

@@ -83,7 +83,13 @@ async fn main() -> anyhow::Result<()> {
                         .unwrap()
                     })
                     .collect();
-                match client.create_jobs(pb::CreateJobsRequest { jobs: reqs }).await {
+                match client
+                    .create_jobs(pb::CreateJobsRequest {
+                        jobs: reqs,
+                        ids_only: true,
+                    })
+                    .await
+                {
                     Ok(r) => ids.extend(r.into_inner().results.into_iter().filter_map(|r| r.job.map(|j| j.id))),
                     // Not accepted (RESOURCE_EXHAUSTED under overload), so not promised.
                     Err(_) => rejected += n,

@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64ispatch/v1/job_service.proto\x12\x0b\x64ispatch.v1\x1a\x15\x64ispatch/v1/job.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\x10\x43reateJobRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\'\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.dispatch.v1.JobOptions\"C\n\x11\x43reateJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"@\n\x11\x43reateJobsRequest\x12+\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.dispatch.v1.CreateJobRequest\"E\n\x12\x43reateJobsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.dispatch.v1.CreateJobResponse\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\"\x8b\x01\n\x0fListJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.dispatch.v1.JobState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.dispatch.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x10WatchJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.dispatch.v1.JobEvent\".\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\"\x1d\n\x0fRetryJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"1\n\x10RetryJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\"\x13\n\x11ListQueuesRequest\"<\n\x12ListQueuesResponse\x12&\n\x06queues\x18\x01 \x03(\x0b\x32\x16.dispatch.v1.QueueInfo\"!\n\x11PauseQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12PauseQueueResponse\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.dispatch.v1.QueueInfo\"\"\n\x12ResumeQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ResumeQueueResponse\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.dispatch.v1.QueueInfo\"1\n\x0fGetStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07minutes\x18\x02 \x01(\r\"=\n\x10GetStatsResponse\x12)\n\x07minutes\x18\x01 \x03(\x0b\x32\x18.dispatch.v1.StatsMinute\"\x7f\n\x0bStatsMinute\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsucceeded\x18\x02 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x04\x12\x0f\n\x07retried\x18\x04 \x01(\x04\x12\x11\n\tcancelled\x18\x05 \x01(\x04\"\x14\n\x12ListWorkersRequest\"?\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.dispatch.v1.WorkerInfo2\xe0\t\n\nJobService\x12_\n\tCreateJob\x12\x1d.dispatch.v1.CreateJobRequest\x1a\x1e.dispatch.v1.CreateJobResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/api/job:\x01*\x12i\n\nCreateJobs\x12\x1e.dispatch.v1.CreateJobsRequest\x1a\x1f.dispatch.v1.CreateJobsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/api/jobs:batch:\x01*\x12X\n\x06GetJob\x12\x1a.dispatch.v1.GetJobRequest\x1a\x1b.dispatch.v1.GetJobResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/api/job/{id}\x12Z\n\x08ListJobs\x12\x1c.dispatch.v1.ListJobsRequest\x1a\x1d.dispatch.v1.ListJobsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/api/jobs\x12g\n\x08WatchJob\x12\x1c.dispatch.v1.WatchJobRequest\x1a\x1d.dispatch.v1.WatchJobResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/api/job/{id}/events0\x01\x12k\n\tCancelJob\x12\x1d.dispatch.v1.CancelJobRequest\x1a\x1e.dispatch.v1.CancelJobResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/api/job/{id}:cancel:\x01*\x12g\n\x08RetryJob\x12\x1c.dispatch.v1.RetryJobRequest\x1a\x1d.dispatch.v1.RetryJobResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/api/job/{id}:retry:\x01*\x12\x62\n\nListQueues\x12\x1e.dispatch.v1.ListQueuesRequest\x1a\x1f.dispatch.v1.ListQueuesResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/api/queues\x12q\n\nPauseQueue\x12\x1e.dispatch.v1.PauseQueueRequest\x1a\x1f.dispatch.v1.PauseQueueResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/api/queue/{name}:pause:\x01*\x12u\n\x0bResumeQueue\x12\x1f.dispatch.v1.ResumeQueueRequest\x1a .dispatch.v1.ResumeQueueResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/api/queue/{name}:resume:\x01*\x12[\n\x08GetStats\x12\x1c.dispatch.v1.GetStatsRequest\x1a\x1d.dispatch.v1.GetStatsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/api/stats\x12\x66\n\x0bListWorkers\x12\x1f.dispatch.v1.ListWorkersRequest\x1a .dispatch.v1.ListWorkersResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/api/workersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64ispatch/v1/job_service.proto\x12\x0b\x64ispatch.v1\x1a\x15\x64ispatch/v1/job.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\x10\x43reateJobRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\'\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.dispatch.v1.JobOptions\"C\n\x11\x43reateJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"R\n\x11\x43reateJobsRequest\x12+\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.dispatch.v1.CreateJobRequest\x12\x10\n\x08ids_only\x18\x02 \x01(\x08\"E\n\x12\x43reateJobsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.dispatch.v1.CreateJobResponse\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\"\x8b\x01\n\x0fListJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.dispatch.v1.JobState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.dispatch.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x10WatchJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.dispatch.v1.JobEvent\".\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\"\x1d\n\x0fRetryJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"1\n\x10RetryJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.dispatch.v1.Job\"\x13\n\x11ListQueuesRequest\"<\n\x12ListQueuesResponse\x12&\n\x06queues\x18\x01 \x03(\x0b\x32\x16.dispatch.v1.QueueInfo\"!\n\x11PauseQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12PauseQueueResponse\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.dispatch.v1.QueueInfo\"\"\n\x12ResumeQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ResumeQueueResponse\x12%\n\x05queue\x18\x01 \x01(\x0b\x32\x16.dispatch.v1.QueueInfo\"1\n\x0fGetStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07minutes\x18\x02 \x01(\r\"=\n\x10GetStatsResponse\x12)\n\x07minutes\x18\x01 \x03(\x0b\x32\x18.dispatch.v1.StatsMinute\"\x7f\n\x0bStatsMinute\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsucceeded\x18\x02 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x04\x12\x0f\n\x07retried\x18\x04 \x01(\x04\x12\x11\n\tcancelled\x18\x05 \x01(\x04\"\x14\n\x12ListWorkersRequest\"?\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.dispatch.v1.WorkerInfo2\xe0\t\n\nJobService\x12_\n\tCreateJob\x12\x1d.dispatch.v1.CreateJobRequest\x1a\x1e.dispatch.v1.CreateJobResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/api/job:\x01*\x12i\n\nCreateJobs\x12\x1e.dispatch.v1.CreateJobsRequest\x1a\x1f.dispatch.v1.CreateJobsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/api/jobs:batch:\x01*\x12X\n\x06GetJob\x12\x1a.dispatch.v1.GetJobRequest\x1a\x1b.dispatch.v1.GetJobResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/api/job/{id}\x12Z\n\x08ListJobs\x12\x1c.dispatch.v1.ListJobsRequest\x1a\x1d.dispatch.v1.ListJobsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/api/jobs\x12g\n\x08WatchJob\x12\x1c.dispatch.v1.WatchJobRequest\x1a\x1d.dispatch.v1.WatchJobResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/api/job/{id}/events0\x01\x12k\n\tCancelJob\x12\x1d.dispatch.v1.CancelJobRequest\x1a\x1e.dispatch.v1.CancelJobResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/api/job/{id}:cancel:\x01*\x12g\n\x08RetryJob\x12\x1c.dispatch.v1.RetryJobRequest\x1a\x1d.dispatch.v1.RetryJobResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/api/job/{id}:retry:\x01*\x12\x62\n\nListQueues\x12\x1e.dispatch.v1.ListQueuesRequest\x1a\x1f.dispatch.v1.ListQueuesResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/api/queues\x12q\n\nPauseQueue\x12\x1e.dispatch.v1.PauseQueueRequest\x1a\x1f.dispatch.v1.PauseQueueResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/api/queue/{name}:pause:\x01*\x12u\n\x0bResumeQueue\x12\x1f.dispatch.v1.ResumeQueueRequest\x1a .dispatch.v1.ResumeQueueResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/api/queue/{name}:resume:\x01*\x12[\n\x08GetStats\x12\x1c.dispatch.v1.GetStatsRequest\x1a\x1d.dispatch.v1.GetStatsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/api/stats\x12\x66\n\x0bListWorkers\x12\x1f.dispatch.v1.ListWorkersRequest\x1a .dispatch.v1.ListWorkersResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/api/workersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -64,51 +64,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEJOBRESPONSE']._serialized_start=295
   _globals['_CREATEJOBRESPONSE']._serialized_end=362
   _globals['_CREATEJOBSREQUEST']._serialized_start=364
-  _globals['_CREATEJOBSREQUEST']._serialized_end=428
-  _globals['_CREATEJOBSRESPONSE']._serialized_start=430
-  _globals['_CREATEJOBSRESPONSE']._serialized_end=499
-  _globals['_GETJOBREQUEST']._serialized_start=501
-  _globals['_GETJOBREQUEST']._serialized_end=528
-  _globals['_GETJOBRESPONSE']._serialized_start=530
-  _globals['_GETJOBRESPONSE']._serialized_end=577
-  _globals['_LISTJOBSREQUEST']._serialized_start=580
-  _globals['_LISTJOBSREQUEST']._serialized_end=719
-  _globals['_LISTJOBSRESPONSE']._serialized_start=721
-  _globals['_LISTJOBSRESPONSE']._serialized_end=796
-  _globals['_WATCHJOBREQUEST']._serialized_start=798
-  _globals['_WATCHJOBREQUEST']._serialized_end=827
-  _globals['_WATCHJOBRESPONSE']._serialized_start=829
-  _globals['_WATCHJOBRESPONSE']._serialized_end=885
-  _globals['_CANCELJOBREQUEST']._serialized_start=887
-  _globals['_CANCELJOBREQUEST']._serialized_end=933
-  _globals['_CANCELJOBRESPONSE']._serialized_start=935
-  _globals['_CANCELJOBRESPONSE']._serialized_end=985
-  _globals['_RETRYJOBREQUEST']._serialized_start=987
-  _globals['_RETRYJOBREQUEST']._serialized_end=1016
-  _globals['_RETRYJOBRESPONSE']._serialized_start=1018
-  _globals['_RETRYJOBRESPONSE']._serialized_end=1067
-  _globals['_LISTQUEUESREQUEST']._serialized_start=1069
-  _globals['_LISTQUEUESREQUEST']._serialized_end=1088
-  _globals['_LISTQUEUESRESPONSE']._serialized_start=1090
-  _globals['_LISTQUEUESRESPONSE']._serialized_end=1150
-  _globals['_PAUSEQUEUEREQUEST']._serialized_start=1152
-  _globals['_PAUSEQUEUEREQUEST']._serialized_end=1185
-  _globals['_PAUSEQUEUERESPONSE']._serialized_start=1187
-  _globals['_PAUSEQUEUERESPONSE']._serialized_end=1246
-  _globals['_RESUMEQUEUEREQUEST']._serialized_start=1248
-  _globals['_RESUMEQUEUEREQUEST']._serialized_end=1282
-  _globals['_RESUMEQUEUERESPONSE']._serialized_start=1284
-  _globals['_RESUMEQUEUERESPONSE']._serialized_end=1344
-  _globals['_GETSTATSREQUEST']._serialized_start=1346
-  _globals['_GETSTATSREQUEST']._serialized_end=1395
-  _globals['_GETSTATSRESPONSE']._serialized_start=1397
-  _globals['_GETSTATSRESPONSE']._serialized_end=1458
-  _globals['_STATSMINUTE']._serialized_start=1460
-  _globals['_STATSMINUTE']._serialized_end=1587
-  _globals['_LISTWORKERSREQUEST']._serialized_start=1589
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1609
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=1611
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=1674
-  _globals['_JOBSERVICE']._serialized_start=1677
-  _globals['_JOBSERVICE']._serialized_end=2925
+  _globals['_CREATEJOBSREQUEST']._serialized_end=446
+  _globals['_CREATEJOBSRESPONSE']._serialized_start=448
+  _globals['_CREATEJOBSRESPONSE']._serialized_end=517
+  _globals['_GETJOBREQUEST']._serialized_start=519
+  _globals['_GETJOBREQUEST']._serialized_end=546
+  _globals['_GETJOBRESPONSE']._serialized_start=548
+  _globals['_GETJOBRESPONSE']._serialized_end=595
+  _globals['_LISTJOBSREQUEST']._serialized_start=598
+  _globals['_LISTJOBSREQUEST']._serialized_end=737
+  _globals['_LISTJOBSRESPONSE']._serialized_start=739
+  _globals['_LISTJOBSRESPONSE']._serialized_end=814
+  _globals['_WATCHJOBREQUEST']._serialized_start=816
+  _globals['_WATCHJOBREQUEST']._serialized_end=845
+  _globals['_WATCHJOBRESPONSE']._serialized_start=847
+  _globals['_WATCHJOBRESPONSE']._serialized_end=903
+  _globals['_CANCELJOBREQUEST']._serialized_start=905
+  _globals['_CANCELJOBREQUEST']._serialized_end=951
+  _globals['_CANCELJOBRESPONSE']._serialized_start=953
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1003
+  _globals['_RETRYJOBREQUEST']._serialized_start=1005
+  _globals['_RETRYJOBREQUEST']._serialized_end=1034
+  _globals['_RETRYJOBRESPONSE']._serialized_start=1036
+  _globals['_RETRYJOBRESPONSE']._serialized_end=1085
+  _globals['_LISTQUEUESREQUEST']._serialized_start=1087
+  _globals['_LISTQUEUESREQUEST']._serialized_end=1106
+  _globals['_LISTQUEUESRESPONSE']._serialized_start=1108
+  _globals['_LISTQUEUESRESPONSE']._serialized_end=1168
+  _globals['_PAUSEQUEUEREQUEST']._serialized_start=1170
+  _globals['_PAUSEQUEUEREQUEST']._serialized_end=1203
+  _globals['_PAUSEQUEUERESPONSE']._serialized_start=1205
+  _globals['_PAUSEQUEUERESPONSE']._serialized_end=1264
+  _globals['_RESUMEQUEUEREQUEST']._serialized_start=1266
+  _globals['_RESUMEQUEUEREQUEST']._serialized_end=1300
+  _globals['_RESUMEQUEUERESPONSE']._serialized_start=1302
+  _globals['_RESUMEQUEUERESPONSE']._serialized_end=1362
+  _globals['_GETSTATSREQUEST']._serialized_start=1364
+  _globals['_GETSTATSREQUEST']._serialized_end=1413
+  _globals['_GETSTATSRESPONSE']._serialized_start=1415
+  _globals['_GETSTATSRESPONSE']._serialized_end=1476
+  _globals['_STATSMINUTE']._serialized_start=1478
+  _globals['_STATSMINUTE']._serialized_end=1605
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1607
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1627
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=1629
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1692
+  _globals['_JOBSERVICE']._serialized_start=1695
+  _globals['_JOBSERVICE']._serialized_end=2943
 # @@protoc_insertion_point(module_scope)
