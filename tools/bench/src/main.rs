@@ -285,18 +285,32 @@ struct Throughput {
 impl Throughput {
     /// CPU µs per job of the system's processes (all but the bench).
     fn system_cpu_us(&self) -> f64 {
-        self.cpu_us_per_job
-            .iter()
-            .filter(|(n, _)| *n != "bench")
-            .map(|(_, us)| us)
-            .sum()
+        system_cpu_us(&self.cpu_us_per_job)
     }
+}
+
+/// The sum of the system's processes' (all but the bench) CPU µs per job.
+fn system_cpu_us(per_job: &[(&'static str, f64)]) -> f64 {
+    per_job.iter().filter(|(n, _)| *n != "bench").map(|(_, us)| us).sum()
 }
 
 /// CPU seconds used so far by each process.
 fn cpu_now(pids: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
     pids.iter()
         .map(|(name, pid)| (*name, stack::cpu_s(*pid).unwrap_or(0.0)))
+        .collect()
+}
+
+/// CPU µs per job of each process between `before` and now, over `jobs` jobs.
+fn cpu_per_job(
+    pids: &[(&'static str, u32)],
+    before: Vec<(&'static str, f64)>,
+    jobs: usize,
+) -> Vec<(&'static str, f64)> {
+    cpu_now(pids)
+        .into_iter()
+        .zip(before)
+        .map(|((name, after), (_, before))| (name, (after - before) * 1e6 / jobs.max(1) as f64))
         .collect()
 }
 
@@ -322,11 +336,7 @@ async fn throughput(
     anyhow::ensure!(ids.len() == args.jobs, "{} of {} jobs accepted", ids.len(), args.jobs);
     let last_ms = wait_done(seen, &ids, Duration::from_secs(args.timeout_s)).await?;
     let failed_attempts = seen.lock().unwrap().failed_attempts;
-    let cpu_us_per_job = cpu_now(pids)
-        .into_iter()
-        .zip(cpu_before)
-        .map(|((name, after), (_, before))| (name, (after - before) * 1e6 / ids.len() as f64))
-        .collect();
+    let cpu_us_per_job = cpu_per_job(pids, cpu_before, ids.len());
     let seconds = (last_ms - first_ms).max(1.0) / 1e3;
     if seconds < 10.0 && args.jobs > args.warmup {
         println!(
@@ -349,6 +359,9 @@ struct Latency {
     jobs: usize,
     /// dispatch RSS (MiB) when the steady load began and when it ended.
     rss_steady: Option<(f64, f64)>,
+    /// CPU time per job of each process started here over the steady load, in µs: at a low
+    /// rate little is batched, so a job costs far more than in the throughput phases.
+    cpu_us_per_job: Vec<(&'static str, f64)>,
 }
 
 async fn latency(
@@ -356,9 +369,11 @@ async fn latency(
     client: &JobServiceClient<dispatch_client::Transport>,
     js: &jetstream::Context,
     dispatch_pid: Option<u32>,
+    pids: &[(&'static str, u32)],
 ) -> anyhow::Result<Latency> {
     let follow = follow(js, &args.queue, true).await?;
     let seen = &follow.seen;
+    let cpu_before = cpu_now(pids);
     let n = (args.rate * args.latency_s) as usize;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -386,6 +401,7 @@ async fn latency(
     let rss_after = dispatch_pid.and_then(rss_mb).map(|r| r.0);
     let ids: Vec<String> = created.iter().map(|(id, _)| id.clone()).collect();
     wait_done(seen, &ids, Duration::from_secs(args.timeout_s)).await?;
+    let cpu_us_per_job = cpu_per_job(pids, cpu_before, n);
     let s = seen.lock().unwrap();
     let mut start = Vec::with_capacity(n);
     let mut done = Vec::with_capacity(n);
@@ -400,6 +416,7 @@ async fn latency(
         done: summary(done),
         jobs: n,
         rss_steady: rss_before.zip(rss_after),
+        cpu_us_per_job,
     })
 }
 
@@ -546,7 +563,7 @@ async fn run(args: &Args, stack: &Stack) -> anyhow::Result<serde_json::Value> {
         None
     };
     let lat = if args.latency_s > 0 && args.rate > 0 {
-        Some(latency(args, &client, &js, stack.dispatch_pid).await?)
+        Some(latency(args, &client, &js, stack.dispatch_pid, &stack.pids).await?)
     } else {
         None
     };
@@ -559,38 +576,36 @@ async fn run(args: &Args, stack: &Stack) -> anyhow::Result<serde_json::Value> {
         format!("{:.0}", batched.enqueue_jobs_s),
     );
     row("batched: end to end (jobs/s)", format!("{:.0}", batched.e2e_jobs_s));
-    let cpu = |t: &Throughput| {
-        let system: Vec<String> = t
-            .cpu_us_per_job
+    let cpu = |per_job: &[(&'static str, f64)]| {
+        let system: Vec<String> = per_job
             .iter()
             .filter(|(n, _)| *n != "bench")
             .map(|(n, us)| format!("{n} {us:.0}"))
             .collect();
-        let own = t
-            .cpu_us_per_job
-            .iter()
-            .find(|(n, _)| *n == "bench")
-            .map_or(0.0, |c| c.1);
+        let own = per_job.iter().find(|(n, _)| *n == "bench").map_or(0.0, |c| c.1);
         format!(
             "{} = {:.0}  (bench's own share apart: {own:.0})",
             system.join(" + "),
-            t.system_cpu_us()
+            system_cpu_us(per_job)
         )
     };
     if !batched.cpu_us_per_job.is_empty() {
-        row("batched: CPU per job (µs)", cpu(&batched));
+        row("batched: CPU per job (µs)", cpu(&batched.cpu_us_per_job));
     }
     if let Some(single) = &single {
         row("single: enqueue rate (jobs/s)", format!("{:.0}", single.enqueue_jobs_s));
         row("single: end to end (jobs/s)", format!("{:.0}", single.e2e_jobs_s));
         if !single.cpu_us_per_job.is_empty() {
-            row("single: CPU per job (µs)", cpu(single));
+            row("single: CPU per job (µs)", cpu(&single.cpu_us_per_job));
         }
     }
     if let Some(l) = &lat {
         println!("latency ({} jobs at {}/s, ms)", l.jobs, args.rate);
         lat_row("enqueue -> start", l.start);
         lat_row("enqueue -> succeeded", l.done);
+        if !l.cpu_us_per_job.is_empty() {
+            row("CPU per job at this rate (µs)", cpu(&l.cpu_us_per_job));
+        }
         if let Some((a, b)) = l.rss_steady {
             row("dispatch RSS over the steady load (MiB)", format!("{a:.1} -> {b:.1}"));
         }
@@ -616,6 +631,10 @@ async fn run(args: &Args, stack: &Stack) -> anyhow::Result<serde_json::Value> {
         "lat_start_p50_ms": lat.as_ref().map(|l| l.start[0]),
         "lat_start_p99_ms": lat.as_ref().map(|l| l.start[2]),
         "lat_done_p99_ms": lat.as_ref().map(|l| l.done[2]),
+        "lat_cpu_system_us": lat
+            .as_ref()
+            .filter(|l| !l.cpu_us_per_job.is_empty())
+            .map(|l| system_cpu_us(&l.cpu_us_per_job).round()),
         "redis_bytes_per_job": bytes_per_job.map(f64::round),
         "rss_mb": dispatch_rss.map(|r| (r.1 * 10.0).round() / 10.0),
         "worker_rss_mb": worker_rss.map(|r| (r.1 * 10.0).round() / 10.0),

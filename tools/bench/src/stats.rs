@@ -52,6 +52,7 @@ const FIGURES: &[(&str, &str)] = &[
     ("lat_start_p50_ms", "enqueue -> start p50 (ms)"),
     ("lat_start_p99_ms", "enqueue -> start p99 (ms)"),
     ("lat_done_p99_ms", "enqueue -> succeeded p99 (ms)"),
+    ("lat_cpu_system_us", "CPU per job at that rate (µs)"),
     ("redis_bytes_per_job", "Redis bytes per queued job"),
     ("rss_mb", "dispatch peak RSS (MiB)"),
     ("cpu_system_us", "CPU per job, all processes (µs)"),
