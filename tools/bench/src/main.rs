@@ -282,13 +282,6 @@ struct Throughput {
     cpu_us_per_job: Vec<(&'static str, f64)>,
 }
 
-impl Throughput {
-    /// CPU µs per job of the system's processes (all but the bench).
-    fn system_cpu_us(&self) -> f64 {
-        system_cpu_us(&self.cpu_us_per_job)
-    }
-}
-
 /// The sum of the system's processes' (all but the bench) CPU µs per job.
 fn system_cpu_us(per_job: &[(&'static str, f64)]) -> f64 {
     per_job.iter().filter(|(n, _)| *n != "bench").map(|(_, us)| us).sum()
@@ -650,7 +643,7 @@ async fn run(args: &Args, stack: &Stack) -> anyhow::Result<serde_json::Value> {
         }
         obj.insert(
             "cpu_system_us".into(),
-            serde_json::json!(batched.system_cpu_us().round()),
+            serde_json::json!(system_cpu_us(&batched.cpu_us_per_job).round()),
         );
     }
     println!("{json}");
