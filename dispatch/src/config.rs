@@ -318,6 +318,12 @@ pub struct Loops {
     /// batch and stream instead of per message); what it gives up is in
     /// docs/reliability.md.
     pub relay_ack_each: bool,
+    /// `true` (default): the call that commits a transition hands the outbox entry it wrote
+    /// to this dispatch's publisher at once (prompt publishing); the relay only publishes
+    /// what that misses (a failed publish, a dispatch that died between commit and publish,
+    /// entries written by others). `false`: the relay reads and publishes every entry, one
+    /// Redis read after each transition's wake-up later. docs/reliability.md compares them.
+    pub relay_prompt: bool,
     /// An outbox entry taken by a relay that went quiet this long is taken over by another.
     pub relay_claim_idle_ms: u64,
     /// A relay consumer idle this long and holding no entry belongs to a dispatch that is
@@ -393,6 +399,7 @@ impl Default for Loops {
             relay_poll_ms: 200,
             relay_batch: 16,
             relay_ack_each: false,
+            relay_prompt: true,
             relay_claim_idle_ms: 10_000,
             relay_forget_idle_ms: 600_000,
             relay_enabled: true,

@@ -4,6 +4,13 @@
 //! only the last message of each stream in a batch asks for an ack, which vouches for the
 //! earlier ones (`Loops::relay_ack_each`; docs/reliability.md says what that gives up).
 //!
+//! With prompt publishing (`Loops::relay_prompt`, the default) the calls that commit
+//! transitions hand their outbox entries to [`publish_prompt`] at once, and the relay loop only
+//! publishes what that misses: entries it could not take or failed to publish (it notifies the
+//! relay, which re-reads its consumer's pending entries), entries of relays that died, and
+//! entries nobody read (written without prompt publishing); it then polls every
+//! `relay_poll_ms` instead of waking after every transition.
+//!
 //! Several dispatch replicas share the outboxes through a Redis consumer group per partition;
 //! entries left unacknowledged by a replica that died are taken over after
 //! `relay_claim_idle_ms`, and consumers of replicas that are gone are removed after
@@ -21,15 +28,23 @@ use tokio_util::sync::CancellationToken;
 use crate::bus;
 use crate::config::Loops;
 use crate::metrics::Metrics;
-use crate::store::{OutboxEntry, Outcome, Partition, Store};
+use crate::store::{Delivered, OutboxEntry, Outcome, Partition, Store};
 
-/// Runs until `shutdown` is cancelled. `wake` is notified after every local transition.
+/// How the relay learns there is something to publish.
+pub enum Wake {
+    /// Notified after every local transition (no prompt publishing).
+    Transitions(Arc<Notify>),
+    /// Notified when the prompt publisher missed entries (see [`Prompt`](crate::store::Prompt)).
+    Missed(Arc<Notify>),
+}
+
+/// Runs until `shutdown` is cancelled.
 pub async fn run(
     store: Store,
     js: jetstream::Context,
     cfg: Loops,
     consumer: String,
-    wake: Arc<Notify>,
+    wake: Wake,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
@@ -63,8 +78,12 @@ pub async fn run(
                 pending_first.fill(false);
                 continue;
             }
+            let (notify, missed) = match &wake {
+                Wake::Transitions(n) => (n, false),
+                Wake::Missed(n) => (n, true),
+            };
             tokio::select! {
-                _ = wake.notified() => {}
+                _ = notify.notified() => if missed { pending_first.fill(true) },
                 _ = tokio::time::sleep(Duration::from_millis(cfg.relay_poll_ms)) => {}
                 _ = shutdown.cancelled() => return,
             }
@@ -80,18 +99,7 @@ pub async fn run(
             .flat_map(|(i, b)| b.into_iter().map(move |e| (i, e)))
             .collect();
         let (done, failed, outcomes) = publish_batch(&js, entries, &metrics, cfg.relay_ack_each).await;
-        let mut by_partition: Vec<(Partition, Vec<String>)> = partitions.iter().map(|p| (*p, Vec::new())).collect();
-        for (i, id) in done {
-            by_partition[i].1.push(id);
-        }
-        let (counted, deleted) = tokio::join!(store.record_outcomes(&outcomes), store.outbox_done_many(&by_partition));
-        if let Err(e) = counted {
-            tracing::warn!(error = %e, "relay cannot count finished jobs per minute");
-        }
-        if let Err(e) = deleted {
-            // The entries stay pending and are published again; dedup drops the repeat.
-            tracing::warn!(error = %e, "relay cannot delete published entries");
-        }
+        finish(&store, &partitions, done, outcomes).await;
         if failed > 0 {
             failures += 1;
             pending_first.fill(true);
@@ -107,6 +115,113 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Counts the finished jobs `outcomes` names and deletes the published entries `done`
+/// ((partition index, stream id)).
+async fn finish(store: &Store, partitions: &[Partition], done: Vec<(usize, String)>, outcomes: Outcomes) {
+    let mut by_partition: Vec<(Partition, Vec<String>)> = partitions.iter().map(|p| (*p, Vec::new())).collect();
+    for (i, id) in done {
+        by_partition[i].1.push(id);
+    }
+    let (counted, deleted) = tokio::join!(store.record_outcomes(&outcomes), store.outbox_done_many(&by_partition));
+    if let Err(e) = counted {
+        tracing::warn!(error = %e, "relay cannot count finished jobs per minute");
+    }
+    if let Err(e) = deleted {
+        // The entries stay pending and are published again; dedup drops the repeat.
+        tracing::warn!(error = %e, "relay cannot delete published entries");
+    }
+}
+
+/// Entries the prompt publisher takes from its queue per batch at most.
+const PROMPT_BATCH: usize = 64;
+
+/// How long the prompt publisher gathers published entries before deleting them (and counting
+/// their outcomes) in one pipeline: at a low rate each transition would otherwise cost its own
+/// deletion round trip. An entry waits this much longer in the outbox; nothing else changes.
+const PROMPT_DELETE_AFTER: Duration = Duration::from_millis(20);
+
+/// Published entries that trigger their deletion before `PROMPT_DELETE_AFTER`.
+const PROMPT_DELETE_MAX: usize = 1_024;
+
+/// Prompt publishing: publishes the entries the committing calls hand over (see
+/// [`Prompt`](crate::store::Prompt)) as soon as they arrive, together when several are queued,
+/// and deletes them once acknowledged, gathered over `PROMPT_DELETE_AFTER`. A failed publish
+/// leaves its entries pending and notifies `missed`: the relay publishes them. Runs until
+/// `shutdown`, then publishes what is queued already (for up to two seconds).
+pub async fn publish_prompt(
+    store: Store,
+    js: jetstream::Context,
+    cfg: Loops,
+    mut queue: tokio::sync::mpsc::Receiver<Delivered>,
+    missed: Arc<Notify>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let partitions: Arc<[Partition]> = store.layout().all().collect();
+    // Published and not deleted yet: (partition index, stream id), and their outcomes.
+    let mut published: Vec<(usize, String)> = Vec::new();
+    let mut outcomes = Outcomes::new();
+    let mut delete_at: Option<tokio::time::Instant> = None;
+    let mut stop_at: Option<tokio::time::Instant> = None;
+    let mut deletions = tokio::task::JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            d = queue.recv() => match d {
+                Some(d) => Some(d),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(delete_at.unwrap_or_else(tokio::time::Instant::now)), if delete_at.is_some() => None,
+            _ = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)), if stop_at.is_some() => break,
+            _ = shutdown.cancelled(), if stop_at.is_none() => {
+                queue.close();
+                stop_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                None
+            }
+        };
+        if let Some(first) = next {
+            let mut got = vec![first];
+            while got.len() < PROMPT_BATCH {
+                match queue.try_recv() {
+                    Ok(d) => got.push(d),
+                    Err(_) => break,
+                }
+            }
+            let entries: Vec<(usize, OutboxEntry)> = got
+                .into_iter()
+                .flat_map(|(p, es)| es.into_iter().map(move |e| (usize::from(p.0), e)))
+                .collect();
+            metrics
+                .relay_batch
+                .observe(entries.iter().map(|(_, e)| e.msgs.len()).sum::<usize>() as f64);
+            let (done, failed, counted) = publish_batch(&js, entries, &metrics, cfg.relay_ack_each).await;
+            if failed > 0 {
+                tracing::warn!(failed, "prompt publishes failed; the relay retries them");
+                missed.notify_one();
+            }
+            published.extend(done);
+            for (key, n) in counted {
+                *outcomes.entry(key).or_default() += n;
+            }
+            delete_at.get_or_insert_with(|| tokio::time::Instant::now() + PROMPT_DELETE_AFTER);
+        }
+        let due = delete_at.is_some_and(|t| t <= tokio::time::Instant::now());
+        if !published.is_empty() && (due || published.len() >= PROMPT_DELETE_MAX) {
+            let (store, partitions) = (store.clone(), partitions.clone());
+            let (done, counted) = (std::mem::take(&mut published), std::mem::take(&mut outcomes));
+            deletions.spawn(async move { finish(&store, &partitions, done, counted).await });
+            delete_at = None;
+            // Deletions run beside the publishing; only a few at once.
+            while deletions.len() > 4 {
+                deletions.join_next().await;
+            }
+        } else if published.is_empty() {
+            delete_at = None;
+        }
+    }
+    finish(&store, &partitions, published, outcomes).await;
+    while deletions.join_next().await.is_some() {}
 }
 
 /// Takes over entries of relays idle for `relay_claim_idle_ms`, and removes consumers of

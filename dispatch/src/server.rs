@@ -18,6 +18,10 @@ use crate::service::{JobApi, Shared, WorkerApi};
 use crate::store::Store;
 use crate::{background, bus, relay, watch};
 
+/// Script runs whose outbox entries wait for the prompt publisher at most; past that, the
+/// relay publishes them.
+const PROMPT_QUEUE: usize = 4_096;
+
 /// A running dispatch. Drop does not stop it; call [`Running::shutdown`].
 pub struct Running {
     /// The address gRPC is bound to (useful with port 0).
@@ -126,6 +130,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let relay_wake = Arc::new(Notify::new());
     let metrics = Metrics::new();
+    // This dispatch's relay consumer; with prompt publishing, every script run reads the
+    // entries it wrote into it and hands them to the publisher.
+    let consumer = format!("relay-{}", uuid::Uuid::new_v4().simple());
+    let missed = Arc::new(Notify::new());
+    let (store, prompt_queue) = if config.loops.relay_enabled && config.loops.relay_prompt {
+        let (tx, rx) = tokio::sync::mpsc::channel(PROMPT_QUEUE);
+        let prompt = crate::store::Prompt::new(consumer.clone(), tx, missed.clone());
+        (store.with_prompt(prompt), Some(rx))
+    } else {
+        (store, None)
+    };
     let config = Arc::new(config);
     let shared = Shared {
         store: store.clone(),
@@ -237,13 +252,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     }));
     if config.loops.relay_enabled {
-        let consumer = format!("relay-{}", uuid::Uuid::new_v4().simple());
+        let wake = match prompt_queue {
+            Some(queue) => {
+                tasks.push(tokio::spawn(relay::publish_prompt(
+                    store.clone(),
+                    js.clone(),
+                    config.loops.clone(),
+                    queue,
+                    missed.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                )));
+                relay::Wake::Missed(missed)
+            }
+            None => relay::Wake::Transitions(relay_wake.clone()),
+        };
         tasks.push(tokio::spawn(relay::run(
             store.clone(),
             js.clone(),
             config.loops.clone(),
             consumer,
-            relay_wake.clone(),
+            wake,
             metrics.clone(),
             shutdown.clone(),
         )));

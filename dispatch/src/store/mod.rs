@@ -31,7 +31,7 @@ use fred::types::{CustomCommand, FromValue, Value};
 
 pub use group::Committer;
 pub use keys::{LEGACY_KEYS, Layout, META, PREFIX, Partition};
-pub use outbox::{OUTBOX_GROUP, OutboxEntry, OutboxMsg};
+pub use outbox::{Delivered, OUTBOX_GROUP, OutboxEntry, OutboxMsg, Prompt};
 pub use queues::{MinuteStats, Outcome, STATS_MINUTES};
 pub use record::{Backoff, HistoryEvent, JobError, JobRecord, NewJob, QueueCounts, State};
 pub use timers::{SweepCandidate, Tick};
@@ -80,10 +80,12 @@ impl Scripts {
         let lib = include_str!("lua/lib.lua");
         // The script's body runs as a function so that whatever it returns, its buffered
         // sorted-set and payload writes are applied after it and the messages it queued for
-        // NATS go to the outbox as one entry.
+        // NATS go to the outbox as one entry. The reply is { entries to publish now (see
+        // delivered() in lib.lua), the body's reply } (in that order: a body's nil reply
+        // must not cut the array short).
         let s = |body: &str| {
             Script::from_lua(format!(
-                "{lib}\nlocal function main()\n{body}\nend\nlocal reply = main()\nflush_writes()\nflush_outbox()\nreturn reply\n"
+                "{lib}\nlocal function main()\n{body}\nend\nlocal reply = main()\nflush_writes()\nflush_outbox()\nreturn {{ delivered(), reply }}\n"
             ))
         };
         Scripts {
@@ -158,6 +160,8 @@ pub struct Store {
     headers: Arc<[Vec<Str>]>,
     /// Per-queue retention overrides, in the same form.
     queue_retention: Arc<BTreeMap<String, String>>,
+    /// Prompt publishing: where each script run's outbox entries go (see [`Store::with_prompt`]).
+    prompt: Option<Prompt>,
 }
 
 /// Milliseconds since the Unix epoch by this machine's clock (for request validation and
@@ -265,6 +269,7 @@ impl Store {
                     })
                     .collect(),
             ),
+            prompt: None,
         };
         store.check_layout().await?;
         store.ensure_outbox_groups().await?;
@@ -350,13 +355,20 @@ impl Store {
             call.extend(args.into_iter().map(Value::from));
             call
         };
-        match self.client.custom::<R, _>(command(), call()).await {
+        let reply: Value = match self.client.custom(command(), call()).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 script.load(&self.client).await?;
-                Ok(self.client.custom(command(), call()).await?)
+                self.client.custom(command(), call()).await?
             }
-            r => Ok(r?),
+            r => r?,
+        };
+        // { entries to publish now, the body's reply } (see Scripts::new).
+        let mut parts = reply.into_array().into_iter();
+        let delivered = parts.next().unwrap_or(Value::Null);
+        if let Some(prompt) = &self.prompt {
+            prompt.hand(p, delivered);
         }
+        Ok(R::from_value(parts.next().unwrap_or(Value::Null))?)
     }
 
     /// Runs a batch script of `n` items in partition `p` whose reply is one array of strings

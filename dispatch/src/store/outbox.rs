@@ -55,7 +55,59 @@ impl OutboxMsg {
     }
 }
 
+/// The outbox entries one script run wrote, read into the prompt publisher's consumer.
+pub type Delivered = (Partition, Vec<OutboxEntry>);
+
+/// Prompt publishing: each script run reads the outbox entries it wrote into a relay
+/// consumer's pending list and returns them, and the store hands them to the publisher
+/// (relay.rs) at once, instead of a relay finding them with a read of its own. The entries stay
+/// in the outbox, pending, until they are published and deleted; one the publisher could not
+/// take (its queue full) or failed to publish is what `missed` is notified about, and the
+/// relay then re-reads its consumer's pending entries.
+#[derive(Clone)]
+pub struct Prompt {
+    consumer: String,
+    tx: tokio::sync::mpsc::Sender<Delivered>,
+    missed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Prompt {
+    pub fn new(
+        consumer: String,
+        tx: tokio::sync::mpsc::Sender<Delivered>,
+        missed: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Prompt {
+        Prompt { consumer, tx, missed }
+    }
+
+    /// Hands a script's delivered entries (`[[id, [k, v, ...]], ...]`) to the publisher.
+    pub(super) fn hand(&self, p: Partition, delivered: Value) {
+        let entries = match parse_entries(delivered) {
+            Ok(e) if e.is_empty() => return,
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "delivered outbox entries unreadable; the relay re-reads them");
+                self.missed.notify_one();
+                return;
+            }
+        };
+        if self.tx.try_send((p, entries)).is_err() {
+            // The publisher is behind (or stopping): the relay publishes them.
+            self.missed.notify_one();
+        }
+    }
+}
+
 impl Store {
+    /// This store with prompt publishing: every script run hands the outbox entries it wrote
+    /// to `prompt` (their consumer is `prompt`'s).
+    pub fn with_prompt(&self, prompt: Prompt) -> Store {
+        let mut store = self.clone();
+        store.retention = format!("{}|{}", self.retention, prompt.consumer).into();
+        store.prompt = Some(prompt);
+        store
+    }
+
     /// Creates the relay consumer group on every partition's outbox (when missing).
     pub(super) async fn ensure_outbox_groups(&self) -> Result<(), Error> {
         for p in self.layout.all() {

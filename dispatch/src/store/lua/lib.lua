@@ -18,7 +18,10 @@
 --                                                 hash keeps Redis's compact listpack encoding)
 --              dispatch:{p7}:idem:<q>:<k>  STRING job id of an idempotency key (TTL: the window)
 -- ARGV[1] of every script: the default retention of finished jobs in ms,
--- "succeeded|failed|cancelled"; a job's own `ret` field overrides it.
+-- "succeeded|failed|cancelled"; a job's own `ret` field overrides it. When it ends with
+-- "|<consumer>", the caller publishes the outbox entries the script writes itself (prompt
+-- publishing, see delivered() below): they are read into that relay consumer's pending list in
+-- the same step and returned with the reply.
 --
 -- Time is Redis's (TIME), never the caller's: leases, schedules and expiry do not depend on
 -- which dispatch replica's clock is right.
@@ -33,7 +36,7 @@ local IDX = { SCHEDULED = KEYS[2], QUEUED = KEYS[3], RUNNING = KEYS[4], SUCCEEDE
 local HEADER = 11
 local RETENTION = ARGV[1]
 -- The default retention, parsed once per call ("succeeded|failed|cancelled" ms).
-local RET_S, RET_F, RET_C = string.match(RETENTION, '^(%d+)|(%d+)|(%d+)$')
+local RET_S, RET_F, RET_C, CONSUMER = string.match(RETENTION, '^(%d+)|(%d+)|(%d+)|?(.*)$')
 -- History entries kept per job.
 local HISTORY = 100
 
@@ -167,11 +170,27 @@ local OUTBOX_ENTRY_MAX = 64
 -- queue, type, attempt, state, worker_id, time (ms), error, seq, traceparent, run message id
 -- suffix, µs past the ms. The relay decodes it. Runs after every script (see Scripts in
 -- store/mod.rs), and whenever an entry is full.
+-- Outbox entries written by this script run.
+local FLUSHED = 0
 local function flush_outbox()
   if #OUTQ > 0 then
     redis.call('XADD', OUTBOX, '*', 'm', cjson.encode(OUTQ))
     OUTQ = {}
+    FLUSHED = FLUSHED + 1
   end
+end
+
+-- With a consumer (prompt publishing): the entries this run wrote, read into the consumer's
+-- pending list of the relay group, as XREADGROUP gives them ({ {id, {'m', json}}, ... }), for
+-- the caller to publish now. An entry stays pending until the caller (or, if it fails or
+-- dies, a relay) has published it. Entries no one has read yet (written without a consumer)
+-- come with them. Nothing without a consumer, and nothing if the read fails: the relays' own
+-- reads then find the entries, as without prompt publishing.
+local function delivered()
+  if FLUSHED == 0 or CONSUMER == nil or CONSUMER == '' then return {} end
+  local r = redis.pcall('XREADGROUP', 'GROUP', 'relay', CONSUMER, 'COUNT', tostring(FLUSHED + 16), 'STREAMS', OUTBOX, '>')
+  if type(r) ~= 'table' or r.err or not r[1] then return {} end
+  return r[1][2]
 end
 
 -- Queues a message for NATS. kind: run|processing|complete|failed|cancelled.
