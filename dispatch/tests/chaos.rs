@@ -237,23 +237,138 @@ async fn dispatch_dying_before_publish_loses_nothing() {
     s.stop().await;
 }
 
+/// A no-op job for the store API.
+fn noop_job(queue: &str) -> dispatch::store::NewJob {
+    dispatch::store::NewJob {
+        queue: queue.into(),
+        job_type: "noop".into(),
+        payload: "null".into(),
+        max_attempts: 3,
+        backoff: dispatch::store::Backoff {
+            initial_ms: 100,
+            max_ms: 1_000,
+            multiplier: 2.0,
+            jitter: 0.0,
+        },
+        timeout_ms: 60_000,
+        run_at_ms: None,
+        delay_ms: 0,
+        idempotency_key: String::new(),
+        labels: Default::default(),
+        traceparent: String::new(),
+        retention_ms: None,
+    }
+}
+
+/// Pending entries of the outbox consumer `consumer`, over every partition.
+async fn pending_of(store: &dispatch::store::Store, consumer: &str) -> usize {
+    use fred::prelude::*;
+    let mut n = 0;
+    for p in store.layout().all() {
+        let v: fred::types::Value = store
+            .client()
+            .custom(
+                fred::types::CustomCommand::new_static("XPENDING", fred::types::ClusterHash::FirstKey, false),
+                vec![
+                    p.outbox(),
+                    dispatch::store::OUTBOX_GROUP.to_string(),
+                    "-".into(),
+                    "+".into(),
+                    "1000".into(),
+                    consumer.into(),
+                ],
+            )
+            .await
+            .unwrap();
+        n += v.into_array().len();
+    }
+    n
+}
+
+/// Pass: with prompt publishing, the call that commits a transition gets the outbox entry it
+/// wrote, read into its relay consumer (here: the job's `run` message, pending under that
+/// consumer). Entries of a dispatch that died after such a commit and before its publish (its
+/// publisher gone) are taken over by the live dispatch's relay after `relay_claim_idle_ms`:
+/// every job succeeds and the outbox drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dispatch_dying_before_its_prompt_publish_loses_nothing() {
+    let mut s = Stack::start_with(|c| c.loops.relay_claim_idle_ms = 1_000).await;
+    let store = s.store().await;
+    let window = s.config.jobs.idempotency_window_ms;
+
+    // A live publisher's queue gets exactly the run message of the job just created.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    let live = store.with_prompt(dispatch::store::Prompt::new(
+        "relay-test-live".into(),
+        tx,
+        notify.clone(),
+    ));
+    let job = noop_job("prompt-live");
+    let id = live.new_id(&job);
+    live.create(&id, &job, window).await.unwrap();
+    let (_, entries) = rx.try_recv().expect("the create handed its entry over");
+    assert_eq!(entries.len(), 1);
+    let kinds: Vec<(&str, &str)> = entries[0]
+        .msgs
+        .iter()
+        .map(|m| (m.kind.as_str(), m.id.as_str()))
+        .collect();
+    assert_eq!(kinds, vec![("run", id.as_str())]);
+    assert_eq!(
+        pending_of(&store, "relay-test-live").await,
+        1,
+        "pending under the caller's consumer"
+    );
+
+    // A "dead" dispatch: its entries are read for a publisher that is gone.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    drop(rx);
+    let dead = store.with_prompt(dispatch::store::Prompt::new("relay-test-dead".into(), tx, notify));
+    let mut ids = vec![id];
+    for _ in 0..20 {
+        let job = noop_job("prompt-live");
+        let id = dead.new_id(&job);
+        dead.create(&id, &job, window).await.unwrap();
+        ids.push(id);
+    }
+    assert_eq!(pending_of(&store, "relay-test-dead").await, 20, "read, never published");
+
+    s.spawn_builtin_worker(&[("prompt-live", 8)]);
+    for id in &ids {
+        s.wait_state(id, JobState::Succeeded, T).await;
+    }
+    eventually("outbox drained", T, || async {
+        (store.outbox_len().await.ok()? == 0).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
+
 /// Pass: NATS killed with SIGKILL and restarted while jobs flow: every accepted job succeeds,
 /// dispatch and the worker reconnect, and the outbox drains; with one ack per relay batch
-/// and stream (the default) and with an ack per message.
+/// and stream (the default) and with an ack per message, with prompt publishing (the default)
+/// and with the relay alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_killed_and_restarted_under_load_loses_nothing() {
-    nats_killed_and_restarted(false).await;
+    nats_killed_and_restarted(false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_killed_and_restarted_under_load_loses_nothing_with_an_ack_per_message() {
-    nats_killed_and_restarted(true).await;
+    nats_killed_and_restarted(true, true).await;
 }
 
-async fn nats_killed_and_restarted(ack_each: bool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_killed_and_restarted_under_load_loses_nothing_without_prompt_publishing() {
+    nats_killed_and_restarted(false, false).await;
+}
+
+async fn nats_killed_and_restarted(ack_each: bool, prompt: bool) {
     let mut s = Stack::start_with(|c| {
         c.loops.sweep_after_ms = 2_000;
         c.loops.relay_ack_each = ack_each;
+        c.loops.relay_prompt = prompt;
     })
     .await;
     s.spawn_builtin_worker(&[("default", 16)]);
