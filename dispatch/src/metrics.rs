@@ -175,8 +175,11 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(outbox_age.clone())).expect("registered once");
         let relay_batch = Histogram::with_opts(
-            HistogramOpts::new("dispatch_relay_batch_size", "Messages published per batch (prompt publisher and relay).")
-                .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
+            HistogramOpts::new(
+                "dispatch_relay_batch_size",
+                "Messages published per batch (prompt publisher and relay).",
+            )
+            .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
         )
         .expect("valid metric");
         r.register(Box::new(relay_batch.clone())).expect("registered once");

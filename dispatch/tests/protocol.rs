@@ -491,12 +491,13 @@ async fn batch_claims_and_completions_decide_each_item_alone() {
     let e = w
         .claim_jobs(pb::ClaimJobsRequest {
             claims: vec![item(&a.id, 1), item(&b.id, 0)],
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(violations(&e), vec!["claims[1].attempt".to_string()]);
     assert_eq!(s.get(&a.id).await.state, JobState::Queued as i32);
-    let e = w.claim_jobs(pb::ClaimJobsRequest { claims: vec![] }).await.unwrap_err();
+    let e = w.claim_jobs(pb::ClaimJobsRequest::default()).await.unwrap_err();
     assert_eq!(violations(&e), vec!["claims".to_string()]);
 
     // Granted, stale attempt, unknown job, and a repeat of a claim granted in the same call.
@@ -509,6 +510,7 @@ async fn batch_claims_and_completions_decide_each_item_alone() {
                 item(&b.id, 1),
                 item(&a.id, 1),
             ],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -523,6 +525,30 @@ async fn batch_claims_and_completions_decide_each_item_alone() {
     assert_eq!(ja.lease.as_ref().unwrap().worker_id, "batcher");
     assert_eq!(jb.payload, b.payload);
     assert!(r[1].job.is_none() && r[1].error.as_ref().unwrap().message.contains("attempt"));
+    assert!(r.iter().all(|x| x.payload_json.is_empty()), "JSON text only when asked");
+
+    // The payload as JSON text when asked: the same value, `job.payload` unset.
+    let payload = json!({"n": 42, "s": "ü", "l": [1.5, null, true], "o": {}});
+    let c = s
+        .create(json!({"queue":"batch","type":"noop","payload": payload}))
+        .await
+        .job
+        .unwrap();
+    let r = w
+        .claim_jobs(pb::ClaimJobsRequest {
+            claims: vec![item(&c.id, 1), item(missing, 1)],
+            payload_as_json: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let jc = r[0].job.clone().unwrap();
+    assert_eq!((jc.id.as_str(), jc.state), (c.id.as_str(), JobState::Running as i32));
+    assert!(jc.payload.is_none());
+    let text: serde_json::Value = serde_json::from_str(&r[0].payload_json).unwrap();
+    assert_eq!(text, payload);
+    assert!(r[1].payload_json.is_empty() && r[1].error.is_some());
 
     // Completions: recorded, stale lease refused (record unchanged), repeat is a no-op.
     let lease = |j: &pb::Job| j.lease.as_ref().unwrap().lease_id.clone();

@@ -55,14 +55,15 @@ impl JobRunner {
         traced(msg, &self.traceparent)
     }
 
-    /// Runs a claimed job and reports its outcome.
-    pub(crate) async fn run_claimed(mut self, job: pb::Job) {
+    /// Runs a claimed job and reports its outcome. `payload_json`: the payload as JSON text
+    /// when the claim asked for it (`job.payload` is then unset); empty otherwise.
+    pub(crate) async fn run_claimed(mut self, job: pb::Job, payload_json: String) {
         let labels = [job.queue.clone(), job.r#type.clone()];
         self.metrics.started.with_label_values(&labels).inc();
         let in_flight = self.metrics.in_flight.with_label_values(&[&job.queue]);
         in_flight.inc();
         let began = std::time::Instant::now();
-        self.run_job(job).await;
+        self.run_job(job, payload_json).await;
         in_flight.dec();
         self.metrics
             .run_time
@@ -70,7 +71,7 @@ impl JobRunner {
             .observe(began.elapsed().as_secs_f64());
     }
 
-    async fn run_job(&mut self, job: pb::Job) {
+    async fn run_job(&mut self, job: pb::Job, payload_json: String) {
         let lease_id = job.lease.as_ref().map(|l| l.lease_id.clone()).unwrap_or_default();
         // What the runner keeps; the handler gets the job itself (no copy of it is made: a
         // job's payload is a tree of allocations).
@@ -89,8 +90,17 @@ impl JobRunner {
             return;
         };
         let timeout = std_duration(job.timeout.as_ref()).unwrap_or(Duration::from_secs(60));
+        let payload = if payload_json.is_empty() {
+            // From ClaimJob, or a dispatch that predates `payload_as_json`.
+            json::from_proto(job.payload.as_ref())
+        } else {
+            serde_json::from_str(&payload_json).unwrap_or_else(|e| {
+                tracing::warn!(job_id = %job.id, error = %e, "payload is not JSON; the handler gets null");
+                serde_json::Value::Null
+            })
+        };
         let ctx = JobContext {
-            payload: json::from_proto(job.payload.as_ref()),
+            payload,
             job,
             cancelled: CancellationToken::new(),
             progress: Arc::new(Mutex::new(None)),

@@ -137,7 +137,8 @@ impl Default for WorkerConfig {
 /// What a handler gets for one attempt of a job.
 #[derive(Clone)]
 pub struct JobContext {
-    /// The full job as claimed (id, queue, type, attempt, options...).
+    /// The job as claimed (id, queue, type, attempt, options...). Its `payload` is unset when
+    /// the claim brought the payload as JSON text (the batch claim does): read `payload`.
     pub job: pb::Job,
     /// The payload as JSON.
     pub payload: serde_json::Value,

@@ -125,7 +125,14 @@ impl JobRunner {
                 traceparent: runner.traceparent.clone(),
             })
             .collect();
-        let reply = self.client.clone().claim_jobs(pb::ClaimJobsRequest { claims }).await;
+        let reply = self
+            .client
+            .clone()
+            .claim_jobs(pb::ClaimJobsRequest {
+                claims,
+                payload_as_json: true,
+            })
+            .await;
         let results = match reply {
             Ok(r) if r.get_ref().results.len() == items.len() => r.into_inner().results,
             Err(s) if matches!(s.code(), Code::InvalidArgument | Code::Unimplemented) => {
@@ -154,11 +161,15 @@ impl JobRunner {
         for ((runner, run, span, msg, permit), result) in items.into_iter().zip(results) {
             match (result.job, result.error) {
                 (Some(job), _) => {
+                    let payload_json = result.payload_json;
                     // From here the Redis lease is the one retry clock.
                     let _ = msg.ack().await;
                     // Boxed: the job's future is large, and moving it into a task cost more
                     // than the allocation.
-                    let run = Box::pin(tracing::Instrument::instrument(runner.run_claimed(job), span));
+                    let run = Box::pin(tracing::Instrument::instrument(
+                        runner.run_claimed(job, payload_json),
+                        span,
+                    ));
                     tracker.spawn(async move {
                         run.await;
                         drop(permit);
@@ -242,7 +253,7 @@ impl JobRunner {
                 return;
             }
         };
-        self.run_claimed(job).await;
+        self.run_claimed(job, String::new()).await;
     }
 
     /// Settles the run message of a claim that was not granted: acked and dropped when the

@@ -59,10 +59,18 @@ fn json_text(text: &str) -> pbjson_types::Value {
 /// A stored record → the protobuf Job.
 pub fn job_to_pb(r: &JobRecord) -> pb::Job {
     pb::Job {
+        payload: Some(json_text(&r.payload)),
+        ..job_to_pb_without_payload(r)
+    }
+}
+
+/// [`job_to_pb`] with `payload` unset (a claim that asked for the payload as JSON text).
+pub fn job_to_pb_without_payload(r: &JobRecord) -> pb::Job {
+    pb::Job {
         id: r.id.clone(),
         queue: r.queue.clone(),
         r#type: r.job_type.clone(),
-        payload: Some(json_text(&r.payload)),
+        payload: None,
         state: state_to_pb(r.state),
         attempt: r.attempt,
         max_attempts: r.retry_base + r.max_attempts,

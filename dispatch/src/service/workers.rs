@@ -157,11 +157,12 @@ impl WorkerService for WorkerApi {
                 reqs.iter().map(|r| r.traceparent.as_str()),
             );
             let outcomes = self.0.store.claim_many(&claims).await.map_err(|e| self.0.store_err(e))?;
+            let as_json = req.get_ref().payload_as_json;
             let results = outcomes
                 .into_iter()
                 .enumerate()
                 .map(|(i, o)| match o {
-                    Ok(job) => {
+                    Ok(mut job) => {
                         if let Some(s) = spans.get(i) {
                             s.in_scope(|| super::note_job(&job));
                         }
@@ -170,14 +171,24 @@ impl WorkerService for WorkerApi {
                         let trace_id = item_trace_id(spans.get(i), &reqs[i].traceparent, &job.traceparent);
                         let _in = spans.get(i).map(|s| s.enter());
                         tracing::info!(job_id = %job.id, queue = %job.queue, job_type = %job.job_type, attempt = job.attempt, worker_id = %job.worker_id, trace_id, "job claimed");
-                        pb::ClaimJobResult {
-                            job: Some(api::job_to_pb(&job)),
-                            error: None,
+                        if as_json {
+                            pb::ClaimJobResult {
+                                job: Some(api::job_to_pb_without_payload(&job)),
+                                error: None,
+                                payload_json: std::mem::take(&mut job.payload),
+                            }
+                        } else {
+                            pb::ClaimJobResult {
+                                job: Some(api::job_to_pb(&job)),
+                                error: None,
+                                payload_json: String::new(),
+                            }
                         }
                     }
                     Err(e) => pb::ClaimJobResult {
                         job: None,
                         error: Some(item_error(e)),
+                        payload_json: String::new(),
                     },
                 })
                 .collect();

@@ -92,10 +92,12 @@ class FailJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class ClaimJobsRequest(_message.Message):
-    __slots__ = ("claims",)
+    __slots__ = ("claims", "payload_as_json")
     CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_AS_JSON_FIELD_NUMBER: _ClassVar[int]
     claims: _containers.RepeatedCompositeFieldContainer[ClaimJobRequest]
-    def __init__(self, claims: _Optional[_Iterable[_Union[ClaimJobRequest, _Mapping]]] = ...) -> None: ...
+    payload_as_json: bool
+    def __init__(self, claims: _Optional[_Iterable[_Union[ClaimJobRequest, _Mapping]]] = ..., payload_as_json: _Optional[bool] = ...) -> None: ...
 
 class ClaimJobsResponse(_message.Message):
     __slots__ = ("results",)
@@ -104,12 +106,14 @@ class ClaimJobsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ClaimJobResult, _Mapping]]] = ...) -> None: ...
 
 class ClaimJobResult(_message.Message):
-    __slots__ = ("job", "error")
+    __slots__ = ("job", "error", "payload_json")
     JOB_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     error: ItemError
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    payload_json: str
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., payload_json: _Optional[str] = ...) -> None: ...
 
 class CompleteJobsRequest(_message.Message):
     __slots__ = ("completions",)
