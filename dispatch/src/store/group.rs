@@ -20,7 +20,7 @@ use super::{Created, Error, NewJob, Store};
 /// Most jobs in one group.
 pub const MAX_GROUP: usize = 256;
 /// Most writes under way at once.
-pub const IN_FLIGHT: usize = 4;
+pub const IN_FLIGHT: usize = 2;
 
 type Waiter = oneshot::Sender<Result<Created, Error>>;
 
