@@ -4,7 +4,7 @@
 //! only the last message of each stream in a batch asks for an ack, which vouches for the
 //! earlier ones (`Loops::relay_ack_each`; docs/reliability.md says what that gives up).
 //!
-//! With prompt publishing (`Loops::relay_prompt`, the default) the calls that commit
+//! With prompt publishing (`Loops::relay_prompt`, off by default) the calls that commit
 //! transitions hand their outbox entries to [`publish_prompt`] at once, and the relay loop only
 //! publishes what that misses: entries it could not take or failed to publish (it notifies the
 //! relay, which re-reads its consumer's pending entries), entries of relays that died, and
@@ -134,8 +134,9 @@ async fn finish(store: &Store, partitions: &[Partition], done: Vec<(usize, Strin
     }
 }
 
-/// Entries the prompt publisher takes from its queue per batch at most.
-const PROMPT_BATCH: usize = 64;
+/// Script runs' entries the prompt publisher takes from its queue per batch at most (as many
+/// as the relay reads at once: 16 partitions × `relay_batch`'s default).
+const PROMPT_BATCH: usize = 256;
 
 /// How long the prompt publisher gathers published entries before deleting them (and counting
 /// their outcomes) in one pipeline: at a low rate each transition would otherwise cost its own
@@ -190,6 +191,15 @@ pub async fn publish_prompt(
             }
             let entries: Vec<(usize, OutboxEntry)> = got
                 .into_iter()
+                .filter_map(|(p, raw)| match crate::store::decode_delivered(raw) {
+                    Ok(es) => Some((p, es)),
+                    Err(e) => {
+                        // The entries stay pending: the relay reads them itself.
+                        tracing::warn!(error = %e, "delivered outbox entries unreadable; the relay re-reads them");
+                        missed.notify_one();
+                        None
+                    }
+                })
                 .flat_map(|(p, es)| es.into_iter().map(move |e| (usize::from(p.0), e)))
                 .collect();
             metrics

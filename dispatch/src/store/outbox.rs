@@ -55,8 +55,9 @@ impl OutboxMsg {
     }
 }
 
-/// The outbox entries one script run wrote, read into the prompt publisher's consumer.
-pub type Delivered = (Partition, Vec<OutboxEntry>);
+/// The outbox entries one script run wrote, read into the prompt publisher's consumer, as the
+/// script returned them (`[[id, [k, v, ...]], ...]`; decoded by the publisher, not the call).
+pub type Delivered = (Partition, Value);
 
 /// Prompt publishing: each script run reads the outbox entries it wrote into a relay
 /// consumer's pending list and returns them, and the store hands them to the publisher
@@ -82,20 +83,19 @@ impl Prompt {
 
     /// Hands a script's delivered entries (`[[id, [k, v, ...]], ...]`) to the publisher.
     pub(super) fn hand(&self, p: Partition, delivered: Value) {
-        let entries = match parse_entries(delivered) {
-            Ok(e) if e.is_empty() => return,
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "delivered outbox entries unreadable; the relay re-reads them");
-                self.missed.notify_one();
-                return;
-            }
-        };
-        if self.tx.try_send((p, entries)).is_err() {
+        if delivered.array_len().unwrap_or(0) == 0 {
+            return;
+        }
+        if self.tx.try_send((p, delivered)).is_err() {
             // The publisher is behind (or stopping): the relay publishes them.
             self.missed.notify_one();
         }
     }
+}
+
+/// Decodes what [`Prompt::hand`] handed over: stream entries `[[id, [k, v, ...]], ...]`.
+pub fn decode_delivered(delivered: Value) -> Result<Vec<OutboxEntry>, Error> {
+    parse_entries(delivered)
 }
 
 impl Store {

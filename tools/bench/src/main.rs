@@ -168,15 +168,31 @@ impl Drop for Follow {
 /// Follows the events of `queue` from now on (an ordered JetStream consumer: nothing is
 /// dropped however fast they come); `started` adds the `job_processing` events.
 async fn follow(js: &jetstream::Context, queue: &str, started: bool) -> anyhow::Result<Follow> {
+    follow_from(js, queue, started, None).await
+}
+
+/// The next sequence of the events stream: where the events of what is submitted next begin.
+async fn events_next_seq(js: &jetstream::Context) -> anyhow::Result<u64> {
+    let mut stream = js.get_stream("DISPATCH_EVENTS").await?;
+    Ok(stream.info().await?.state.last_sequence + 1)
+}
+
+/// [`follow`], reading the events stream from sequence `from` (already stored events first)
+/// instead of from now on.
+async fn follow_from(js: &jetstream::Context, queue: &str, started: bool, from: Option<u64>) -> anyhow::Result<Follow> {
     let stream = js.get_stream("DISPATCH_EVENTS").await?;
     let mut filter_subjects = vec![format!("job_complete.{queue}"), format!("job_failed.{queue}")];
     if started {
         filter_subjects.push(format!("job_processing.{queue}"));
     }
+    let deliver_policy = match from {
+        Some(start_sequence) => jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
+        None => jetstream::consumer::DeliverPolicy::New,
+    };
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subjects,
-            deliver_policy: jetstream::consumer::DeliverPolicy::New,
+            deliver_policy,
             ..Default::default()
         })
         .await?;
@@ -364,8 +380,10 @@ async fn latency(
     dispatch_pid: Option<u32>,
     pids: &[(&'static str, u32)],
 ) -> anyhow::Result<Latency> {
-    let follow = follow(js, &args.queue, true).await?;
-    let seen = &follow.seen;
+    // The events are read once the submissions are done, from where this phase's begin: their
+    // times are Redis's, so reading them later changes no figure, and no consumer of the
+    // bench's own loads NATS and the machine while the latency is measured.
+    let from = events_next_seq(js).await?;
     let cpu_before = cpu_now(pids);
     let n = (args.rate * args.latency_s) as usize;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
@@ -393,6 +411,8 @@ async fn latency(
     }
     let rss_after = dispatch_pid.and_then(rss_mb).map(|r| r.0);
     let ids: Vec<String> = created.iter().map(|(id, _)| id.clone()).collect();
+    let follow = follow_from(js, &args.queue, true, Some(from)).await?;
+    let seen = &follow.seen;
     wait_done(seen, &ids, Duration::from_secs(args.timeout_s)).await?;
     let cpu_us_per_job = cpu_per_job(pids, cpu_before, n);
     let s = seen.lock().unwrap();
