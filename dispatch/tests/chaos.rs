@@ -227,14 +227,19 @@ async fn dispatch_dying_before_publish_loses_nothing() {
     s.http = restarted.http_addr;
     s.dispatch = Some(restarted);
     s.spawn_builtin_worker(&[("default", 8)]);
-    for id in &ids {
+    all_succeed_and_the_outbox_drains(&s, &store, &ids).await;
+    s.stop().await;
+}
+
+/// Waits for every job of `ids` to succeed, then for every outbox to be empty.
+async fn all_succeed_and_the_outbox_drains(s: &Stack, store: &dispatch::store::Store, ids: &[String]) {
+    for id in ids {
         s.wait_state(id, JobState::Succeeded, T).await;
     }
     eventually("outbox drained", T, || async {
         (store.outbox_len().await.ok()? == 0).then_some(())
     })
     .await;
-    s.stop().await;
 }
 
 /// A no-op job for the store API.
@@ -336,13 +341,7 @@ async fn dispatch_dying_before_its_prompt_publish_loses_nothing() {
     assert_eq!(pending_of(&store, "relay-test-dead").await, 20, "read, never published");
 
     s.spawn_builtin_worker(&[("prompt-live", 8)]);
-    for id in &ids {
-        s.wait_state(id, JobState::Succeeded, T).await;
-    }
-    eventually("outbox drained", T, || async {
-        (store.outbox_len().await.ok()? == 0).then_some(())
-    })
-    .await;
+    all_succeed_and_the_outbox_drains(&s, &store, &ids).await;
     s.stop().await;
 }
 
@@ -382,14 +381,8 @@ async fn nats_killed_and_restarted(ack_each: bool, prompt: bool) {
     for _ in 0..5 {
         ids.extend(create_many(&s, 40, json!({"queue":"default","type":"noop"})).await);
     }
-    for id in &ids {
-        s.wait_state(id, JobState::Succeeded, T).await;
-    }
     let store = s.store().await;
-    eventually("outbox drained", T, || async {
-        (store.outbox_len().await.ok()? == 0).then_some(())
-    })
-    .await;
+    all_succeed_and_the_outbox_drains(&s, &store, &ids).await;
     s.stop().await;
 }
 
