@@ -191,7 +191,7 @@ pub async fn publish_prompt(
             }
             let entries: Vec<(usize, OutboxEntry)> = got
                 .into_iter()
-                .filter_map(|(p, raw)| match crate::store::decode_delivered(raw) {
+                .filter_map(|(p, raw)| match crate::store::parse_entries(raw) {
                     Ok(es) => Some((p, es)),
                     Err(e) => {
                         // The entries stay pending: the relay reads them itself.

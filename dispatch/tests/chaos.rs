@@ -313,7 +313,7 @@ async fn dispatch_dying_before_its_prompt_publish_loses_nothing() {
     let id = live.new_id(&job);
     live.create(&id, &job, window).await.unwrap();
     let (_, raw) = rx.try_recv().expect("the create handed its entry over");
-    let entries = dispatch::store::decode_delivered(raw).unwrap();
+    let entries = dispatch::store::parse_entries(raw).unwrap();
     assert_eq!(entries.len(), 1);
     let kinds: Vec<(&str, &str)> = entries[0]
         .msgs

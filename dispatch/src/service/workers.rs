@@ -171,18 +171,15 @@ impl WorkerService for WorkerApi {
                         let trace_id = item_trace_id(spans.get(i), &reqs[i].traceparent, &job.traceparent);
                         let _in = spans.get(i).map(|s| s.enter());
                         tracing::info!(job_id = %job.id, queue = %job.queue, job_type = %job.job_type, attempt = job.attempt, worker_id = %job.worker_id, trace_id, "job claimed");
-                        if as_json {
-                            pb::ClaimJobResult {
-                                job: Some(api::job_to_pb_without_payload(&job)),
-                                error: None,
-                                payload_json: std::mem::take(&mut job.payload),
-                            }
+                        let (pb_job, payload_json) = if as_json {
+                            (api::job_to_pb_without_payload(&job), std::mem::take(&mut job.payload))
                         } else {
-                            pb::ClaimJobResult {
-                                job: Some(api::job_to_pb(&job)),
-                                error: None,
-                                payload_json: String::new(),
-                            }
+                            (api::job_to_pb(&job), String::new())
+                        };
+                        pb::ClaimJobResult {
+                            job: Some(pb_job),
+                            error: None,
+                            payload_json,
                         }
                     }
                     Err(e) => pb::ClaimJobResult {

@@ -31,7 +31,7 @@ use fred::types::{CustomCommand, FromValue, Value};
 
 pub use group::Committer;
 pub use keys::{LEGACY_KEYS, Layout, META, PREFIX, Partition};
-pub use outbox::{Delivered, OUTBOX_GROUP, OutboxEntry, OutboxMsg, Prompt, decode_delivered};
+pub use outbox::{Delivered, OUTBOX_GROUP, OutboxEntry, OutboxMsg, Prompt, parse_entries};
 pub use queues::{MinuteStats, Outcome, STATS_MINUTES};
 pub use record::{Backoff, HistoryEvent, JobError, JobRecord, NewJob, QueueCounts, State};
 pub use timers::{SweepCandidate, Tick};

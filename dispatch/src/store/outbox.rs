@@ -8,7 +8,7 @@ use fred::types::Value;
 
 use super::{Error, Partition, Store, cmd};
 
-/// Consumer group of the outbox relays.
+/// Consumer group of the outbox relays (lib.lua's `delivered()` names it too).
 pub const OUTBOX_GROUP: &str = "relay";
 
 /// One outbox entry, as read by the relay: the messages of one script run (up to 64).
@@ -91,11 +91,6 @@ impl Prompt {
             self.missed.notify_one();
         }
     }
-}
-
-/// Decodes what [`Prompt::hand`] handed over: stream entries `[[id, [k, v, ...]], ...]`.
-pub fn decode_delivered(delivered: Value) -> Result<Vec<OutboxEntry>, Error> {
-    parse_entries(delivered)
 }
 
 impl Store {
@@ -329,8 +324,9 @@ fn read_reply(v: Value, reads: &[(Partition, bool)]) -> Result<Vec<Vec<OutboxEnt
     Ok(out)
 }
 
-/// Parses stream entries `[[id, [k, v, ...]], ...]`.
-fn parse_entries(v: Value) -> Result<Vec<OutboxEntry>, Error> {
+/// Parses stream entries `[[id, [k, v, ...]], ...]` (a read's, or what [`Prompt::hand`]
+/// handed over).
+pub fn parse_entries(v: Value) -> Result<Vec<OutboxEntry>, Error> {
     if v.is_null() {
         return Ok(Vec::new());
     }

@@ -165,21 +165,10 @@ impl Drop for Follow {
     }
 }
 
-/// Follows the events of `queue` from now on (an ordered JetStream consumer: nothing is
-/// dropped however fast they come); `started` adds the `job_processing` events.
-async fn follow(js: &jetstream::Context, queue: &str, started: bool) -> anyhow::Result<Follow> {
-    follow_from(js, queue, started, None).await
-}
-
-/// The next sequence of the events stream: where the events of what is submitted next begin.
-async fn events_next_seq(js: &jetstream::Context) -> anyhow::Result<u64> {
-    let mut stream = js.get_stream("DISPATCH_EVENTS").await?;
-    Ok(stream.info().await?.state.last_sequence + 1)
-}
-
-/// [`follow`], reading the events stream from sequence `from` (already stored events first)
-/// instead of from now on.
-async fn follow_from(js: &jetstream::Context, queue: &str, started: bool, from: Option<u64>) -> anyhow::Result<Follow> {
+/// Follows the events of `queue` (an ordered JetStream consumer: nothing is dropped however
+/// fast they come) from now on, or from the stream's sequence `from` (stored events first);
+/// `started` adds the `job_processing` events.
+async fn follow(js: &jetstream::Context, queue: &str, started: bool, from: Option<u64>) -> anyhow::Result<Follow> {
     let stream = js.get_stream("DISPATCH_EVENTS").await?;
     let mut filter_subjects = vec![format!("job_complete.{queue}"), format!("job_failed.{queue}")];
     if started {
@@ -218,6 +207,12 @@ async fn follow_from(js: &jetstream::Context, queue: &str, started: bool, from: 
         }
     });
     Ok(Follow { seen, task })
+}
+
+/// The next sequence of the events stream: where the events of what is submitted next begin.
+async fn events_next_seq(js: &jetstream::Context) -> anyhow::Result<u64> {
+    let mut stream = js.get_stream("DISPATCH_EVENTS").await?;
+    Ok(stream.info().await?.state.last_sequence + 1)
 }
 
 /// Waits until every id has succeeded; the latest completion time.
@@ -331,7 +326,7 @@ async fn throughput(
     pids: &[(&'static str, u32)],
 ) -> anyhow::Result<Throughput> {
     // Only the ends: following every start too would load NATS and this process for nothing.
-    let follow = follow(js, &args.queue, false).await?;
+    let follow = follow(js, &args.queue, false, None).await?;
     let seen = &follow.seen;
     let cpu_before = cpu_now(pids);
     let t0 = Instant::now();
@@ -411,7 +406,7 @@ async fn latency(
     }
     let rss_after = dispatch_pid.and_then(rss_mb).map(|r| r.0);
     let ids: Vec<String> = created.iter().map(|(id, _)| id.clone()).collect();
-    let follow = follow_from(js, &args.queue, true, Some(from)).await?;
+    let follow = follow(js, &args.queue, true, Some(from)).await?;
     let seen = &follow.seen;
     wait_done(seen, &ids, Duration::from_secs(args.timeout_s)).await?;
     let cpu_us_per_job = cpu_per_job(pids, cpu_before, n);

@@ -164,14 +164,14 @@ end
 local OUTQ = {}
 -- Messages per outbox entry at most.
 local OUTBOX_ENTRY_MAX = 64
+-- Outbox entries written by this script run.
+local FLUSHED = 0
 
 -- Writes the queued messages to the outbox as one entry: one field `m`, a JSON array of
 -- messages (cjson is Redis's built-in C encoder), each the array `outbox` packs: kind, id,
 -- queue, type, attempt, state, worker_id, time (ms), error, seq, traceparent, run message id
 -- suffix, µs past the ms. The relay decodes it. Runs after every script (see Scripts in
 -- store/mod.rs), and whenever an entry is full.
--- Outbox entries written by this script run.
-local FLUSHED = 0
 local function flush_outbox()
   if #OUTQ > 0 then
     redis.call('XADD', OUTBOX, '*', 'm', cjson.encode(OUTQ))
