@@ -8,7 +8,10 @@
 //! - sweeper (every `sweeper_interval_ms`): a queue whose run stream holds fewer messages than
 //!   it has QUEUED jobs is scanned, and each QUEUED job whose run message is really missing
 //!   (for longer than `sweep_after_ms`) gets it written again. A backlog waiting for workers
-//!   has its messages in the stream and costs one stream-info call per sweep.
+//!   in messages of one job each costs one stream-info call per sweep; one in `runs` messages
+//!   (several jobs each, so fewer messages than jobs) costs, once its oldest job is older
+//!   than `sweep_after_ms`, a read of each of its messages per sweep (one round trip per
+//!   message of up to 64 jobs).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -253,7 +256,7 @@ async fn subject_counts(stream: &jetstream::stream::Stream) -> Result<HashMap<St
 }
 
 /// The (job id → attempts) of the run messages the stream holds on `subject` (at most
-/// `limit` of them, to its end), read one by one with the stream's message-get API (a work-queue stream refuses the
+/// `limit` messages, to its end; a `runs` message names several jobs), read one by one with the stream's message-get API (a work-queue stream refuses the
 /// ack-less consumer that would read them in bulk, and an acking one would take them from the
 /// workers). Costs one round trip per message; the sweeper only gets here for a queue that has
 /// fewer messages than QUEUED jobs and a job older than `sweep_after_ms`.
@@ -272,6 +275,20 @@ async fn messages_of(
             Err(e) => return Err(Failure::Nats(e.to_string())),
         };
         seq = msg.sequence + 1;
+        if msg.headers.get(crate::bus::KIND_HEADER).map(|k| k.as_str()) == Some("runs") {
+            // Several jobs in one message (bus::outgoing_runs): each has its message.
+            match <dispatch_client::pb::JobRuns as prost::Message>::decode(msg.payload.clone()) {
+                Ok(body) => {
+                    for run in body.runs {
+                        present.entry(run.job_id).or_default().push(run.attempt);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, sequence = msg.sequence, "undecodable runs message in the run stream")
+                }
+            }
+            continue;
+        }
         // Nats-Msg-Id: "<id>:<attempt>" or "<id>:<attempt>:s<n>" (see bus::outgoing).
         if let Some(msg_id) = msg.headers.get("Nats-Msg-Id") {
             let mut parts = msg_id.as_str().split(':');

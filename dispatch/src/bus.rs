@@ -115,6 +115,7 @@ pub fn outgoing(m: &OutboxMsg) -> Option<Outgoing> {
             attempt: attempt_n,
             queue: queue.into(),
             r#type: m.job_type.clone(),
+            traceparent: String::new(),
         }
         .encode_to_vec()
     } else {
@@ -153,6 +154,36 @@ pub fn outgoing(m: &OutboxMsg) -> Option<Outgoing> {
         headers,
         payload: payload.into(),
     })
+}
+
+/// Builds one `runs` message for several run entries of one queue (`JobRuns`), each with the
+/// trace context to carry. Its `Nats-Msg-Id` is the first job's run message id and the count
+/// (`<id>:<attempt>[suffix]+<n>`): the same entry published again repeats it exactly, and a
+/// job's run for an attempt is in one entry only.
+pub fn outgoing_runs(runs: &[(&OutboxMsg, String)]) -> Outgoing {
+    let (first, _) = runs[0];
+    let body = pb::JobRuns {
+        runs: runs
+            .iter()
+            .map(|(m, tp)| pb::JobRun {
+                job_id: m.id.clone(),
+                attempt: m.attempt.parse().unwrap_or(0),
+                queue: m.queue.clone(),
+                r#type: m.job_type.clone(),
+                traceparent: tp.clone(),
+            })
+            .collect(),
+    };
+    let mut headers = HeaderMap::new();
+    let msg_id = format!("{}:{}{}+{}", first.id, first.attempt, first.sfx, runs.len());
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    headers.insert(KIND_HEADER, "runs");
+    headers.insert(VERSION_HEADER, "1");
+    Outgoing {
+        subject: format!("job_run.{}", first.queue),
+        headers,
+        payload: body.encode_to_vec().into(),
+    }
 }
 
 #[cfg(test)]
@@ -205,5 +236,27 @@ mod tests {
         assert_eq!(ev.state, pb::JobState::Failed as i32);
         assert_eq!(ev.sequence, 4);
         assert!(outgoing(&entry("bogus")).is_none());
+    }
+
+    #[test]
+    fn several_runs_in_one_message() {
+        let a = entry("run");
+        let b = OutboxMsg {
+            id: "j2".into(),
+            attempt: "1".into(),
+            ..entry("run")
+        };
+        let msg = outgoing_runs(&[(&a, "tp-a".into()), (&b, String::new())]);
+        assert_eq!(msg.subject, "job_run.q");
+        assert_eq!(msg.headers.get(KIND_HEADER).unwrap().as_str(), "runs");
+        // Stable for the same entry, distinct from j1's own run message id ("j1:2").
+        assert_eq!(msg.headers.get("Nats-Msg-Id").unwrap().as_str(), "j1:2+2");
+        let body = pb::JobRuns::decode(msg.payload).unwrap();
+        let got: Vec<_> = body
+            .runs
+            .iter()
+            .map(|r| (r.job_id.as_str(), r.attempt, r.queue.as_str(), r.traceparent.as_str()))
+            .collect();
+        assert_eq!(got, [("j1", 2, "q", "tp-a"), ("j2", 1, "q", "")]);
     }
 }

@@ -318,6 +318,13 @@ pub struct Loops {
     /// batch and stream instead of per message); what it gives up is in
     /// docs/reliability.md.
     pub relay_ack_each: bool,
+    /// Run messages per NATS message at most: the runs of one queue that one script run made
+    /// (a `CreateJobs` batch, say) go out as one `job_run.<queue>` message of kind `runs`
+    /// (`JobRuns`, up to this many jobs) instead of one message each, which halves NATS's
+    /// work per job (docs/performance.md). 1 publishes one message per job (kind `run`), the
+    /// format before; set it for workers written against that. At most 64 (an outbox entry's
+    /// messages).
+    pub relay_runs_per_message: usize,
     /// `true`: the call that commits a transition hands the outbox entry it wrote to this
     /// dispatch's publisher at once (prompt publishing); the relay only publishes what that
     /// misses (a failed publish, a dispatch that died between commit and publish, entries
@@ -402,6 +409,7 @@ impl Default for Loops {
             relay_poll_ms: 200,
             relay_batch: 16,
             relay_ack_each: false,
+            relay_runs_per_message: 64,
             relay_prompt: false,
             relay_claim_idle_ms: 10_000,
             relay_forget_idle_ms: 600_000,
@@ -533,6 +541,9 @@ impl Config {
         }
         if t.handshake_timeout_ms == 0 {
             return bad("tls.handshake_timeout_ms must be positive");
+        }
+        if !(1..=64).contains(&self.loops.relay_runs_per_message) {
+            return bad("loops.relay_runs_per_message must be 1 to 64");
         }
         if self.loops.relay_batch == 0 {
             return bad("loops.relay_batch must be positive");
@@ -752,6 +763,11 @@ mod tests {
         );
         let env = vec![("DISPATCH_JOBS__MAX_ATTEMPTS".to_string(), "0".to_string())];
         assert!(Config::load(None, env, &[]).is_err());
+        for n in ["0", "65"] {
+            let env = vec![("DISPATCH_LOOPS__RELAY_RUNS_PER_MESSAGE".to_string(), n.to_string())];
+            let err = Config::load(None, env, &[]).unwrap_err().to_string();
+            assert!(err.contains("relay_runs_per_message must be 1 to 64"), "{err}");
+        }
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //! `relay_claim_idle_ms`, and consumers of replicas that are gone are removed after
 //! `relay_forget_idle_ms`. A publish repeated after a crash is dropped by JetStream's
 //! `Nats-Msg-Id` de-duplication.
+//!
+//! The run messages one script run wrote for one queue go out as one `job_run.<queue>` message
+//! of kind `runs` (`JobRuns`, up to `Loops::relay_runs_per_message` jobs); a lone run keeps the
+//! single-job format (kind `run`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus;
 use crate::config::Loops;
 use crate::metrics::Metrics;
-use crate::store::{Delivered, OutboxEntry, Outcome, Partition, Store};
+use crate::store::{Delivered, OutboxEntry, OutboxMsg, Outcome, Partition, Store};
 
 /// How the relay learns there is something to publish.
 pub enum Wake {
@@ -98,7 +102,7 @@ pub async fn run(
             .enumerate()
             .flat_map(|(i, b)| b.into_iter().map(move |e| (i, e)))
             .collect();
-        let (done, failed, outcomes) = publish_batch(&js, entries, &metrics, cfg.relay_ack_each).await;
+        let (done, failed, outcomes) = publish_batch(&js, entries, &metrics, &cfg).await;
         finish(&store, &partitions, done, outcomes).await;
         if failed > 0 {
             failures += 1;
@@ -205,7 +209,7 @@ pub async fn publish_prompt(
             metrics
                 .relay_batch
                 .observe(entries.iter().map(|(_, e)| e.msgs.len()).sum::<usize>() as f64);
-            let (done, failed, counted) = publish_batch(&js, entries, &metrics, cfg.relay_ack_each).await;
+            let (done, failed, counted) = publish_batch(&js, entries, &metrics, &cfg).await;
             if failed > 0 {
                 tracing::warn!(failed, "prompt publishes failed; the relay retries them");
                 missed.notify_one();
@@ -278,7 +282,9 @@ async fn backoff(failures: u32, shutdown: &CancellationToken) {
 /// Finished jobs per (minute start ms, queue, outcome), for the per-minute counts.
 type Outcomes = BTreeMap<(u64, String, Outcome), u64>;
 
-/// Publishes the messages of every entry (tagged with its partition's index), then waits for
+/// Publishes the messages of every entry (tagged with its partition's index; an entry's run
+/// messages of one queue together as one `runs` message, up to `relay_runs_per_message` jobs
+/// each), then waits for
 /// the acks: of every message when `ack_each`, else of the last message of each stream in the
 /// batch, which vouches for the ones published before it on this connection (see
 /// `Loops::relay_ack_each`). Returns the (partition index, stream id) of the entries whose
@@ -289,8 +295,9 @@ async fn publish_batch(
     js: &jetstream::Context,
     entries: Vec<(usize, OutboxEntry)>,
     metrics: &Metrics,
-    ack_each: bool,
+    cfg: &Loops,
 ) -> (Vec<(usize, String)>, usize, Outcomes) {
+    let (ack_each, runs_per_message) = (cfg.relay_ack_each, cfg.relay_runs_per_message);
     let mut done = Vec::with_capacity(entries.len());
     // Per entry with messages: its id, and how many of its messages are not acknowledged yet.
     let mut ids = Vec::with_capacity(entries.len());
@@ -299,34 +306,52 @@ async fn publish_batch(
     for (part, e) in entries {
         let entry = ids.len();
         let mut n = 0;
+        // Run messages of this entry by queue, each group one message (up to runs_per_message).
+        let mut runs: Vec<Vec<&OutboxMsg>> = Vec::new();
         for m in &e.msgs {
+            if m.kind == "run" && runs_per_message > 1 {
+                match runs
+                    .iter_mut()
+                    .find(|g| g[0].queue == m.queue && g.len() < runs_per_message)
+                {
+                    Some(g) => g.push(m),
+                    None => runs.push(vec![m]),
+                }
+                continue;
+            }
             let Some(mut msg) = bus::outgoing(m) else {
                 tracing::error!(entry = %e.stream_id, message = ?m, "outbox message of unknown kind dropped");
                 continue;
             };
-            if dispatch_telemetry::exporting() && m.kind == "run" {
-                // A producer span per run message, child of the job's trace context; the
-                // worker's span hangs off it.
-                let span = tracing::info_span!(
-                    "publish",
-                    otel.name = format!("publish {}", msg.subject),
-                    otel.kind = "producer",
-                    messaging.system = "nats",
-                    job_id = m.id.as_str(),
-                    queue = m.queue.as_str(),
-                    job_type = m.job_type.as_str(),
-                    attempt = m.attempt.as_str(),
-                );
-                dispatch_telemetry::set_parent(&span, &m.tp);
-                if let Some(tp) = dispatch_telemetry::traceparent(&span) {
-                    msg.headers.insert("traceparent", tp.as_str());
-                }
+            if m.kind == "run"
+                && let Some(tp) = publish_span(m, &msg.subject)
+            {
+                msg.headers.insert("traceparent", tp.as_str());
             }
             let outcome = Outcome::of(&m.kind, &m.state).map(|o| {
                 let ms: u64 = m.ts.parse().unwrap_or(0);
                 (ms - ms % 60_000, m.queue.clone(), o)
             });
             ready.push((m.kind == "run", (entry, outcome), msg));
+            n += 1;
+        }
+        for group in runs {
+            let msg = if let [m] = group[..] {
+                // Alone: the single-run format.
+                let Some(mut msg) = bus::outgoing(m) else { continue };
+                if let Some(tp) = publish_span(m, &msg.subject) {
+                    msg.headers.insert("traceparent", tp.as_str());
+                }
+                msg
+            } else {
+                let subject = format!("job_run.{}", group[0].queue);
+                let traced: Vec<(&OutboxMsg, String)> = group
+                    .into_iter()
+                    .map(|m| (m, publish_span(m, &subject).unwrap_or_else(|| m.tp.clone())))
+                    .collect();
+                bus::outgoing_runs(&traced)
+            };
+            ready.push((true, (entry, None), msg));
             n += 1;
         }
         if n == 0 {
@@ -388,6 +413,26 @@ async fn publish_batch(
             .map(|(id, _)| id),
     );
     (done, failed, outcomes)
+}
+
+/// When spans are exported: a producer span for one job's run message, child of the job's
+/// trace context (the worker's span hangs off it), and its trace context to carry.
+fn publish_span(m: &OutboxMsg, subject: &str) -> Option<String> {
+    if !dispatch_telemetry::exporting() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = format!("publish {subject}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        job_id = m.id.as_str(),
+        queue = m.queue.as_str(),
+        job_type = m.job_type.as_str(),
+        attempt = m.attempt.as_str(),
+    );
+    dispatch_telemetry::set_parent(&span, &m.tp);
+    dispatch_telemetry::traceparent(&span)
 }
 
 /// A message published without an ack of its own: its entry's index, and the outcome it

@@ -24,10 +24,7 @@ fn signal(proc: &common::Proc, sig: &str) {
 }
 
 async fn create_many(s: &Stack, n: usize, job: serde_json::Value) -> Vec<String> {
-    let jobs: Vec<serde_json::Value> = (0..n).map(|_| job.clone()).collect();
-    let req: pb::CreateJobsRequest = serde_json::from_value(json!({ "jobs": jobs })).unwrap();
-    let resp = s.jobs().await.create_jobs(req).await.unwrap().into_inner();
-    resp.results.into_iter().map(|r| r.job.unwrap().id).collect()
+    s.create_batch((0..n).map(|_| job.clone()).collect()).await
 }
 
 async fn count_in_state(s: &Stack, queue: &str, state: JobState) -> usize {

@@ -384,6 +384,7 @@ async fn a_lost_run_message_is_republished_by_the_sweeper() {
 
 /// Some of a queue's run messages lost, the rest still in the (work-queue) stream: the sweeper
 /// reads which jobs have theirs and writes only the missing ones, so each job has exactly one.
+/// Jobs created in one batch share one `runs` message: one kept, one lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partly_lost_queue_gets_only_its_missing_run_messages_again() {
     let s = Stack::start_with(|c| {
@@ -395,47 +396,54 @@ async fn a_partly_lost_queue_gets_only_its_missing_run_messages_again() {
     for _ in 0..4 {
         ids.push(s.create(json!({"queue":"partial","type":"noop"})).await.job.unwrap().id);
     }
+    let job = json!({"queue":"partial","type":"noop"});
+    let kept = s.create_batch(vec![job.clone(); 3]).await;
+    let lost_batch = s.create_batch(vec![job; 2]).await;
     let js = async_nats::jetstream::new(s.nats_client().await);
     let stream = js.get_stream("DISPATCH_RUN").await.unwrap();
-    let held = || {
+    // (sequence, the job ids it names) of each message on the queue's subject.
+    let messages = || {
         let st = stream.clone();
         async move {
-            let mut ids = Vec::new();
+            let mut out = Vec::new();
             let mut seq = 1;
             while let Ok(m) = st.get_first_raw_message_by_subject("job_run.partial", seq).await {
                 seq = m.sequence + 1;
-                let msg_id = m.headers.get("Nats-Msg-Id").unwrap().as_str().to_string();
-                ids.push(msg_id.split(':').next().unwrap().to_string());
+                let ids: Vec<String> = if m.headers.get("Dispatch-Kind").unwrap().as_str() == "runs" {
+                    let body = <pb::JobRuns as prost::Message>::decode(m.payload.clone()).unwrap();
+                    body.runs.into_iter().map(|r| r.job_id).collect()
+                } else {
+                    let msg_id = m.headers.get("Nats-Msg-Id").unwrap().as_str().to_string();
+                    vec![msg_id.split(':').next().unwrap().to_string()]
+                };
+                out.push((m.sequence, ids));
             }
-            ids.sort();
-            ids
+            out
         }
     };
-    eventually("four run messages published", T, || async {
-        (held().await.len() == 4).then_some(())
+    let held = || async {
+        let mut ids: Vec<String> = messages().await.into_iter().flat_map(|(_, ids)| ids).collect();
+        ids.sort();
+        ids
+    };
+    eventually("nine jobs' run messages published, in six messages", T, || async {
+        let m = messages().await;
+        (m.iter().map(|(_, ids)| ids.len()).sum::<usize>() == 9).then_some(m)
     })
     .await;
-    // Lose the messages of the first and the third job.
-    let mut seq = 1;
+    let m = messages().await;
+    assert_eq!(m.len(), 6, "four single messages and two batches: {m:?}");
+    assert!(m.iter().any(|(_, ids)| *ids == kept), "{m:?}");
+    // Lose the messages of the first and the third job, and the second batch's.
     let mut lost = Vec::new();
-    while let Ok(m) = stream.get_first_raw_message_by_subject("job_run.partial", seq).await {
-        seq = m.sequence + 1;
-        let id = m
-            .headers
-            .get("Nats-Msg-Id")
-            .unwrap()
-            .as_str()
-            .split(':')
-            .next()
-            .unwrap()
-            .to_string();
-        if id == ids[0] || id == ids[2] {
-            stream.delete_message(m.sequence).await.unwrap();
-            lost.push(id);
+    for (seq, names) in m {
+        if names == [ids[0].clone()] || names == [ids[2].clone()] || names == lost_batch {
+            stream.delete_message(seq).await.unwrap();
+            lost.extend(names);
         }
     }
-    assert_eq!(lost.len(), 2);
-    let mut want = ids.clone();
+    assert_eq!(lost.len(), 4);
+    let mut want: Vec<String> = ids.iter().chain(&kept).chain(&lost_batch).cloned().collect();
     want.sort();
     eventually("each job has its run message again, once", T, || async {
         (held().await == want).then_some(())

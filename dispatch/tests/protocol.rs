@@ -264,6 +264,71 @@ async fn each_nats_subject_receives_its_events() {
     s.stop().await;
 }
 
+/// The run messages of one batch go out together: one `runs` message per queue, up to
+/// `relay_runs_per_message` jobs each, and a worker with fewer free slots than a message has
+/// jobs runs each of them once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_goes_out_in_runs_messages_and_each_job_runs_once() {
+    let mut s = Stack::start_with(|c| c.loops.relay_runs_per_message = 16).await;
+    let nats = s.nats_client().await;
+    let mut sub = nats.subscribe("job_run.>").await.unwrap();
+    nats.flush().await.unwrap();
+    let mut jobs = vec![json!({"queue":"batched","type":"noop"}); 40];
+    jobs.extend(vec![json!({"queue":"other","type":"noop"}); 3]);
+    jobs.push(json!({"queue":"alone","type":"noop"}));
+    let ids = s.create_batch(jobs).await;
+    // subject -> (Nats-Msg-Id, kind, job ids) of each message
+    let mut got: HashMap<String, Vec<(String, String, Vec<String>)>> = HashMap::new();
+    tokio::time::timeout(T, async {
+        while got.values().flatten().map(|m| m.2.len()).sum::<usize>() < ids.len() {
+            let msg = sub.next().await.unwrap();
+            let headers = msg.headers.clone().unwrap();
+            let kind = headers.get("Dispatch-Kind").unwrap().to_string();
+            let names: Vec<String> = if kind == "runs" {
+                pb::JobRuns::decode(msg.payload.clone())
+                    .unwrap()
+                    .runs
+                    .into_iter()
+                    .map(|r| r.job_id)
+                    .collect()
+            } else {
+                vec![pb::JobRun::decode(msg.payload.clone()).unwrap().job_id]
+            };
+            let msg_id = headers.get("Nats-Msg-Id").unwrap().to_string();
+            got.entry(msg.subject.to_string())
+                .or_default()
+                .push((msg_id, kind, names));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("missing run messages; got {got:?}"));
+    let batched = &got["job_run.batched"];
+    let sizes: Vec<usize> = batched.iter().map(|m| m.2.len()).collect();
+    assert_eq!(sizes, [16, 16, 8], "{batched:?}");
+    let in_order: Vec<String> = batched.iter().flat_map(|m| m.2.clone()).collect();
+    assert_eq!(in_order, ids[..40]);
+    for (msg_id, kind, names) in batched {
+        assert_eq!(kind, "runs");
+        assert_eq!(*msg_id, format!("{}:1+{}", names[0], names.len()));
+    }
+    let other = &got["job_run.other"];
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].2, ids[40..43]);
+    // A queue's lone job keeps the one-job format.
+    assert_eq!(
+        got["job_run.alone"],
+        [(format!("{}:1", ids[43]), "run".to_string(), vec![ids[43].clone()])]
+    );
+
+    // Four slots for sixteen jobs per message: the rest of a message waits for a slot.
+    s.spawn_builtin_worker(&[("batched", 4), ("other", 2), ("alone", 1)]);
+    for id in &ids {
+        let done = s.wait_state(id, JobState::Succeeded, T).await;
+        assert_eq!(done.attempt, 1, "job {id} ran more than once");
+    }
+    s.stop().await;
+}
+
 fn violations(status: &tonic::Status) -> Vec<String> {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     status

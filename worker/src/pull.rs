@@ -1,8 +1,12 @@
 //! Pulling and claiming: one puller per queue takes run messages from the queue's durable
 //! consumer as slots free up and claims what arrived together in one ClaimJobs call; each
-//! granted job then runs in its slot (attempt.rs).
+//! granted job then runs in its slot (attempt.rs). A message names one job (kind `run`) or
+//! several (kind `runs`, `JobRuns`): each job takes a slot of its own, the jobs of a message
+//! beyond the free slots wait in the puller for one, and the message is settled once every
+//! job in it is ([`Delivery`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -30,6 +34,9 @@ pub(crate) struct Puller {
 impl Puller {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut pauses = self.runner.paused.subscribe();
+        // Jobs per message lately (a moving average): a pull asks for as many messages as
+        // should fill the free slots.
+        let mut jobs_per_message = 1.0f64;
         loop {
             // A paused queue's run messages stay in the stream until it is resumed.
             if pauses.borrow_and_update().contains(&self.queue) {
@@ -54,10 +61,11 @@ impl Puller {
                     Err(_) => break,
                 }
             }
+            let messages = ((permits.len() as f64 / jobs_per_message).ceil() as usize).max(1);
             let batch = self
                 .consumer
                 .batch()
-                .max_messages(permits.len())
+                .max_messages(messages)
                 .expires(Duration::from_millis(500))
                 .messages()
                 .await;
@@ -75,51 +83,157 @@ impl Puller {
             };
             // Claim what has arrived together in one call, without waiting for the rest of
             // the pull: a lone message is claimed at once.
-            while let Some(Ok(first)) = batch.next().await {
-                let mut group = Vec::new();
-                let Some(permit) = permits.pop() else { break };
-                group.push((first, permit));
-                while let Some(permit) = permits.pop() {
-                    match batch.next().now_or_never() {
-                        Some(Some(Ok(msg))) => group.push((msg, permit)),
-                        _ => {
-                            permits.push(permit);
-                            break;
-                        }
+            let mut group: Vec<Pulled> = Vec::new();
+            loop {
+                let next = match batch.next().now_or_never() {
+                    Some(next) => next,
+                    None => {
+                        self.claim(&mut group);
+                        batch.next().await
                     }
+                };
+                let Some(Ok(msg)) = next else { break };
+                let Some((runs, header_tp)) = decode(&msg) else {
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    continue;
+                };
+                jobs_per_message = 0.8 * jobs_per_message + 0.2 * runs.len() as f64;
+                let delivery = Arc::new(Delivery {
+                    msg,
+                    left: AtomicUsize::new(runs.len()),
+                    again: AtomicBool::new(false),
+                });
+                let mut runs = runs.into_iter();
+                while let Some(run) = runs.next() {
+                    let permit = match permits
+                        .pop()
+                        .map(Ok)
+                        .unwrap_or_else(|| self.slots.clone().try_acquire_owned())
+                    {
+                        Ok(p) => p,
+                        Err(_) => {
+                            // More jobs than free slots: claim what is here, then wait for one.
+                            self.claim(&mut group);
+                            tokio::select! {
+                                p = self.slots.clone().acquire_owned() => match p {
+                                    Ok(p) => p,
+                                    Err(_) => return,
+                                },
+                                _ = shutdown.cancelled() => {
+                                    // This job and the rest of its message go back to NATS.
+                                    delivery.settle_many(1 + runs.len(), true).await;
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    group.push(Pulled {
+                        run,
+                        header_tp: header_tp.clone(),
+                        delivery: delivery.clone(),
+                        permit,
+                    });
                 }
-                let runner = self.runner.clone();
-                self.tracker
-                    .spawn(Box::pin(runner.claim_group(group, self.tracker.clone())));
             }
+            self.claim(&mut group);
+        }
+    }
+
+    /// Claims the jobs gathered in `group` in a task of their own (one ClaimJobs call).
+    fn claim(&self, group: &mut Vec<Pulled>) {
+        if group.is_empty() {
+            return;
+        }
+        let runner = self.runner.clone();
+        self.tracker.spawn(Box::pin(
+            runner.claim_group(std::mem::take(group), self.tracker.clone()),
+        ));
+    }
+}
+
+/// The jobs a run message names (one for kind `run`, several for `runs`), and the trace
+/// context its header carries; `None` when the message is undecodable or names none.
+fn decode(msg: &jetstream::Message) -> Option<(Vec<pb::JobRun>, String)> {
+    let headers = msg.headers.as_ref();
+    let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
+    let runs = if header("Dispatch-Kind").as_deref() == Some("runs") {
+        pb::JobRuns::decode(msg.payload.clone()).map(|r| r.runs)
+    } else {
+        pb::JobRun::decode(msg.payload.clone()).map(|r| vec![r])
+    };
+    let (runs, bad): (Vec<_>, Vec<_>) = match runs {
+        Ok(runs) => runs.into_iter().partition(|r| !r.job_id.is_empty() && r.attempt > 0),
+        Err(e) => {
+            tracing::error!(error = %e, subject = %msg.subject, "undecodable run message dropped");
+            return None;
+        }
+    };
+    if !bad.is_empty() {
+        tracing::error!(jobs = bad.len(), subject = %msg.subject, "run message names jobs without id or attempt; those dropped");
+    }
+    if runs.is_empty() {
+        return None;
+    }
+    Some((runs, header("traceparent").unwrap_or_default()))
+}
+
+/// A pulled message, shared by the jobs it names: settled when the last of them is, acked if
+/// each was claimed or refused for good, else handed back (nak) to be delivered again (the
+/// claims of jobs taken already are then refused, and those messages dropped).
+pub(crate) struct Delivery {
+    msg: jetstream::Message,
+    /// Jobs of the message not settled yet.
+    left: AtomicUsize,
+    /// Whether a job of it must be delivered again.
+    again: AtomicBool,
+}
+
+impl Delivery {
+    /// One job of the message settled; `again` when it must be delivered again.
+    async fn settle(&self, again: bool) {
+        self.settle_many(1, again).await;
+    }
+
+    async fn settle_many(&self, n: usize, again: bool) {
+        if again {
+            self.again.store(true, Ordering::Release);
+        }
+        if self.left.fetch_sub(n, Ordering::AcqRel) == n {
+            let _ = if self.again.load(Ordering::Acquire) {
+                self.msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+            } else {
+                self.msg.ack().await
+            };
         }
     }
 }
 
-/// A pulled message with the concurrency slot it will run in.
-type Pulled = (jetstream::Message, OwnedSemaphorePermit);
+/// A job of a pulled message with the concurrency slot it will run in.
+struct Pulled {
+    run: pb::JobRun,
+    /// The message's `traceparent` header (a single run's trace context).
+    header_tp: String,
+    delivery: Arc<Delivery>,
+    permit: OwnedSemaphorePermit,
+}
 
 impl JobRunner {
     /// Claims a group of pulled jobs in one ClaimJobs call, then runs each granted one in its
-    /// slot. Refused claims are acked and dropped; on a failed call the messages come back.
+    /// slot. Refused claims settle their message as acked; on a failed call the messages come
+    /// back.
     async fn claim_group(self, group: Vec<Pulled>, tracker: TaskTracker) {
-        let mut items = Vec::with_capacity(group.len());
-        for (msg, permit) in group {
-            match self.prepare(&msg) {
-                Some((runner, run, span)) => items.push((runner, run, span, msg, permit)),
-                None => {
-                    let _ = msg.ack_with(AckKind::Term).await;
-                }
-            }
-        }
-        if items.is_empty() {
-            return;
-        }
+        let items: Vec<_> = group
+            .into_iter()
+            .map(|p| {
+                let (runner, span) = self.prepare(&p.run, &p.header_tp);
+                (runner, span, p)
+            })
+            .collect();
         let claims = items
             .iter()
-            .map(|(runner, run, ..)| pb::ClaimJobRequest {
-                job_id: run.job_id.clone(),
-                attempt: run.attempt,
+            .map(|(runner, _, p)| pb::ClaimJobRequest {
+                job_id: p.run.job_id.clone(),
+                attempt: p.run.attempt,
                 worker_id: self.cfg.worker_id.clone(),
                 lease_duration: Some(pb_duration(self.cfg.lease)),
                 traceparent: runner.traceparent.clone(),
@@ -139,10 +253,10 @@ impl JobRunner {
                 // One odd message spoils a batch (or dispatch predates ClaimJobs): claim each
                 // on its own.
                 tracing::debug!(error = %s, "batch claim refused; claiming one by one");
-                for (runner, run, span, msg, permit) in items {
+                for (runner, span, p) in items {
                     tracker.spawn(async move {
-                        tracing::Instrument::instrument(runner.claim_and_run(run, msg), span).await;
-                        drop(permit);
+                        tracing::Instrument::instrument(runner.claim_and_run(p.run, p.delivery), span).await;
+                        drop(p.permit);
                     });
                 }
                 return;
@@ -152,24 +266,25 @@ impl JobRunner {
                     tracing::warn!(dispatch = %self.cfg.dispatch_url, code = ?s.code(), error = %s.message(), jobs = items.len(), "claim failed; messages will be redelivered");
                 }
                 self.metrics.errors.with_label_values(&["claim"]).inc();
-                for (.., msg, _) in items {
-                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                for (.., p) in items {
+                    p.delivery.settle(true).await;
                 }
                 return;
             }
         };
-        for ((runner, run, span, msg, permit), result) in items.into_iter().zip(results) {
+        for ((runner, span, p), result) in items.into_iter().zip(results) {
             match (result.job, result.error) {
                 (Some(job), _) => {
                     let payload_json = result.payload_json;
                     // From here the Redis lease is the one retry clock.
-                    let _ = msg.ack().await;
+                    p.delivery.settle(false).await;
                     // Boxed: the job's future is large, and moving it into a task cost more
                     // than the allocation.
                     let run = Box::pin(tracing::Instrument::instrument(
                         runner.run_claimed(job, payload_json),
                         span,
                     ));
+                    let permit = p.permit;
                     tracker.spawn(async move {
                         run.await;
                         drop(permit);
@@ -177,29 +292,22 @@ impl JobRunner {
                 }
                 (None, e) => {
                     let (code, reason) = e.map_or((Code::Internal, String::new()), |e| (Code::from(e.code), e.message));
-                    let settle = self.not_claimed(&run.queue, msg, code, &reason);
-                    tracing::Instrument::instrument(settle, span).await;
+                    let again = span.in_scope(|| self.not_claimed(&p.run.queue, code, &reason));
+                    p.delivery.settle(again).await;
                 }
             }
         }
     }
 
-    /// Decodes a run message and opens the attempt's span, a child of the relay's publish span
-    /// (the job's trace); `None` for an undecodable message.
-    fn prepare(&self, msg: &jetstream::Message) -> Option<(JobRunner, pb::JobRun, tracing::Span)> {
-        let run = match pb::JobRun::decode(msg.payload.clone()) {
-            Ok(r) if !r.job_id.is_empty() && r.attempt > 0 => r,
-            other => {
-                tracing::error!(error = ?other.err(), subject = %msg.subject, "undecodable run message dropped");
-                return None;
-            }
+    /// Opens the attempt's span for a pulled job, a child of the relay's publish span (the
+    /// job's trace, from the job's own `traceparent` in a `runs` message, else the message's
+    /// header).
+    fn prepare(&self, run: &pb::JobRun, header_tp: &str) -> (JobRunner, tracing::Span) {
+        let sent = if run.traceparent.is_empty() {
+            header_tp.to_string()
+        } else {
+            run.traceparent.clone()
         };
-        let sent = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("traceparent"))
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default();
         let span = tracing::info_span!(
             "job",
             otel.name = format!("run {}", run.r#type),
@@ -220,11 +328,11 @@ impl JobRunner {
             traceparent: dispatch_telemetry::traceparent(&span).unwrap_or(sent),
             ..self.clone()
         };
-        Some((runner, run, span))
+        (runner, span)
     }
 
     /// Claims one job with ClaimJob, then runs it.
-    async fn claim_and_run(mut self, run: pb::JobRun, msg: jetstream::Message) {
+    async fn claim_and_run(mut self, run: pb::JobRun, delivery: Arc<Delivery>) {
         let req = self.request(pb::ClaimJobRequest {
             job_id: run.job_id.clone(),
             attempt: run.attempt,
@@ -236,7 +344,7 @@ impl JobRunner {
         let job = match claim {
             Ok(r) => {
                 // From here the Redis lease is the one retry clock.
-                let _ = msg.ack().await;
+                delivery.settle(false).await;
                 match r.into_inner().job {
                     Some(j) => j,
                     None => return,
@@ -249,17 +357,18 @@ impl JobRunner {
                 } else {
                     s.code()
                 };
-                self.not_claimed(&run.queue, msg, code, s.message()).await;
+                let again = self.not_claimed(&run.queue, code, s.message());
+                delivery.settle(again).await;
                 return;
             }
         };
         self.run_claimed(job, String::new()).await;
     }
 
-    /// Settles the run message of a claim that was not granted: acked and dropped when the
-    /// job moved on without it (`FAILED_PRECONDITION`, `NOT_FOUND`), else handed back to NATS
-    /// for redelivery.
-    async fn not_claimed(&self, queue: &str, msg: jetstream::Message, code: Code, reason: &str) {
+    /// What a claim that was not granted means for its message: settled (`false`) when the
+    /// job moved on without it (`FAILED_PRECONDITION`, `NOT_FOUND`), else to be delivered
+    /// again (`true`).
+    fn not_claimed(&self, queue: &str, code: Code, reason: &str) -> bool {
         if matches!(code, Code::FailedPrecondition | Code::NotFound) {
             tracing::debug!(reason, "claim refused; message dropped");
             if reason == format!("queue {queue} is paused") {
@@ -267,11 +376,11 @@ impl JobRunner {
                 self.paused.send_if_modified(|p| p.insert(queue.to_string()));
             }
             self.metrics.claims_refused.with_label_values(&[queue]).inc();
-            let _ = msg.ack().await;
+            false
         } else {
             tracing::warn!(dispatch = %self.cfg.dispatch_url, ?code, reason, "claim failed; message will be redelivered");
             self.metrics.errors.with_label_values(&["claim"]).inc();
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            true
         }
     }
 }

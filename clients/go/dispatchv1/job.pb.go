@@ -1031,7 +1031,8 @@ func (x *WorkerInfo) GetLastSeen() *timestamppb.Timestamp {
 	return nil
 }
 
-// The body of a `job_run.<queue>` message: just enough to claim the job.
+// The body of a `job_run.<queue>` message with header `Dispatch-Kind: run`: just enough to
+// claim the job.
 type JobRun struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
@@ -1045,6 +1046,10 @@ type JobRun struct {
 	Queue string `protobuf:"bytes,3,opt,name=queue,proto3" json:"queue,omitempty"`
 	// The job's type.
 	Type string `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`
+	// The W3C trace context of the publish, inside a `JobRuns` message (whose several jobs
+	// cannot share one `traceparent` header); empty in a single run message, which carries it
+	// as that header.
+	Traceparent string `protobuf:"bytes,5,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
 }
 
 func (x *JobRun) Reset() {
@@ -1105,6 +1110,67 @@ func (x *JobRun) GetType() string {
 		return x.Type
 	}
 	return ""
+}
+
+func (x *JobRun) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+// The body of a `job_run.<queue>` message with header `Dispatch-Kind: runs`: several jobs of
+// that queue made runnable by one transition (a batch of CreateJobs, or of completions that
+// retry), at most the server's `streams.runs_per_message`. A worker claims each as if it had
+// come in its own message, and settles the message once every job in it is settled: acked
+// when each was claimed or refused, handed back (nak) when a claim could not be made, so that
+// the message is delivered again (claims of the jobs already taken are then refused).
+type JobRuns struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// The jobs, in the order they became runnable.
+	Runs []*JobRun `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
+}
+
+func (x *JobRuns) Reset() {
+	*x = JobRuns{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_dispatch_v1_job_proto_msgTypes[9]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *JobRuns) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobRuns) ProtoMessage() {}
+
+func (x *JobRuns) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatch_v1_job_proto_msgTypes[9]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobRuns.ProtoReflect.Descriptor instead.
+func (*JobRuns) Descriptor() ([]byte, []int) {
+	return file_dispatch_v1_job_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *JobRuns) GetRuns() []*JobRun {
+	if x != nil {
+		return x.Runs
+	}
+	return nil
 }
 
 var File_dispatch_v1_job_proto protoreflect.FileDescriptor
@@ -1300,25 +1366,30 @@ var file_dispatch_v1_job_proto_rawDesc = []byte{
 	0x45, 0x6e, 0x74, 0x72, 0x79, 0x12, 0x10, 0x0a, 0x03, 0x6b, 0x65, 0x79, 0x18, 0x01, 0x20, 0x01,
 	0x28, 0x09, 0x52, 0x03, 0x6b, 0x65, 0x79, 0x12, 0x14, 0x0a, 0x05, 0x76, 0x61, 0x6c, 0x75, 0x65,
 	0x18, 0x02, 0x20, 0x01, 0x28, 0x0d, 0x52, 0x05, 0x76, 0x61, 0x6c, 0x75, 0x65, 0x3a, 0x02, 0x38,
-	0x01, 0x22, 0x63, 0x0a, 0x06, 0x4a, 0x6f, 0x62, 0x52, 0x75, 0x6e, 0x12, 0x15, 0x0a, 0x06, 0x6a,
-	0x6f, 0x62, 0x5f, 0x69, 0x64, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x6a, 0x6f, 0x62,
-	0x49, 0x64, 0x12, 0x18, 0x0a, 0x07, 0x61, 0x74, 0x74, 0x65, 0x6d, 0x70, 0x74, 0x18, 0x02, 0x20,
-	0x01, 0x28, 0x0d, 0x52, 0x07, 0x61, 0x74, 0x74, 0x65, 0x6d, 0x70, 0x74, 0x12, 0x14, 0x0a, 0x05,
-	0x71, 0x75, 0x65, 0x75, 0x65, 0x18, 0x03, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x71, 0x75, 0x65,
-	0x75, 0x65, 0x12, 0x12, 0x0a, 0x04, 0x74, 0x79, 0x70, 0x65, 0x18, 0x04, 0x20, 0x01, 0x28, 0x09,
-	0x52, 0x04, 0x74, 0x79, 0x70, 0x65, 0x2a, 0xb3, 0x01, 0x0a, 0x08, 0x4a, 0x6f, 0x62, 0x53, 0x74,
-	0x61, 0x74, 0x65, 0x12, 0x19, 0x0a, 0x15, 0x4a, 0x4f, 0x42, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45,
-	0x5f, 0x55, 0x4e, 0x53, 0x50, 0x45, 0x43, 0x49, 0x46, 0x49, 0x45, 0x44, 0x10, 0x00, 0x12, 0x17,
-	0x0a, 0x13, 0x4a, 0x4f, 0x42, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x53, 0x43, 0x48, 0x45,
-	0x44, 0x55, 0x4c, 0x45, 0x44, 0x10, 0x01, 0x12, 0x14, 0x0a, 0x10, 0x4a, 0x4f, 0x42, 0x5f, 0x53,
-	0x54, 0x41, 0x54, 0x45, 0x5f, 0x51, 0x55, 0x45, 0x55, 0x45, 0x44, 0x10, 0x02, 0x12, 0x15, 0x0a,
-	0x11, 0x4a, 0x4f, 0x42, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x52, 0x55, 0x4e, 0x4e, 0x49,
-	0x4e, 0x47, 0x10, 0x03, 0x12, 0x17, 0x0a, 0x13, 0x4a, 0x4f, 0x42, 0x5f, 0x53, 0x54, 0x41, 0x54,
-	0x45, 0x5f, 0x53, 0x55, 0x43, 0x43, 0x45, 0x45, 0x44, 0x45, 0x44, 0x10, 0x04, 0x12, 0x14, 0x0a,
-	0x10, 0x4a, 0x4f, 0x42, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x46, 0x41, 0x49, 0x4c, 0x45,
-	0x44, 0x10, 0x05, 0x12, 0x17, 0x0a, 0x13, 0x4a, 0x4f, 0x42, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45,
-	0x5f, 0x43, 0x41, 0x4e, 0x43, 0x45, 0x4c, 0x4c, 0x45, 0x44, 0x10, 0x06, 0x62, 0x06, 0x70, 0x72,
-	0x6f, 0x74, 0x6f, 0x33,
+	0x01, 0x22, 0x85, 0x01, 0x0a, 0x06, 0x4a, 0x6f, 0x62, 0x52, 0x75, 0x6e, 0x12, 0x15, 0x0a, 0x06,
+	0x6a, 0x6f, 0x62, 0x5f, 0x69, 0x64, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x6a, 0x6f,
+	0x62, 0x49, 0x64, 0x12, 0x18, 0x0a, 0x07, 0x61, 0x74, 0x74, 0x65, 0x6d, 0x70, 0x74, 0x18, 0x02,
+	0x20, 0x01, 0x28, 0x0d, 0x52, 0x07, 0x61, 0x74, 0x74, 0x65, 0x6d, 0x70, 0x74, 0x12, 0x14, 0x0a,
+	0x05, 0x71, 0x75, 0x65, 0x75, 0x65, 0x18, 0x03, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x71, 0x75,
+	0x65, 0x75, 0x65, 0x12, 0x12, 0x0a, 0x04, 0x74, 0x79, 0x70, 0x65, 0x18, 0x04, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x04, 0x74, 0x79, 0x70, 0x65, 0x12, 0x20, 0x0a, 0x0b, 0x74, 0x72, 0x61, 0x63, 0x65,
+	0x70, 0x61, 0x72, 0x65, 0x6e, 0x74, 0x18, 0x05, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0b, 0x74, 0x72,
+	0x61, 0x63, 0x65, 0x70, 0x61, 0x72, 0x65, 0x6e, 0x74, 0x22, 0x32, 0x0a, 0x07, 0x4a, 0x6f, 0x62,
+	0x52, 0x75, 0x6e, 0x73, 0x12, 0x27, 0x0a, 0x04, 0x72, 0x75, 0x6e, 0x73, 0x18, 0x01, 0x20, 0x03,
+	0x28, 0x0b, 0x32, 0x13, 0x2e, 0x64, 0x69, 0x73, 0x70, 0x61, 0x74, 0x63, 0x68, 0x2e, 0x76, 0x31,
+	0x2e, 0x4a, 0x6f, 0x62, 0x52, 0x75, 0x6e, 0x52, 0x04, 0x72, 0x75, 0x6e, 0x73, 0x2a, 0xb3, 0x01,
+	0x0a, 0x08, 0x4a, 0x6f, 0x62, 0x53, 0x74, 0x61, 0x74, 0x65, 0x12, 0x19, 0x0a, 0x15, 0x4a, 0x4f,
+	0x42, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x55, 0x4e, 0x53, 0x50, 0x45, 0x43, 0x49, 0x46,
+	0x49, 0x45, 0x44, 0x10, 0x00, 0x12, 0x17, 0x0a, 0x13, 0x4a, 0x4f, 0x42, 0x5f, 0x53, 0x54, 0x41,
+	0x54, 0x45, 0x5f, 0x53, 0x43, 0x48, 0x45, 0x44, 0x55, 0x4c, 0x45, 0x44, 0x10, 0x01, 0x12, 0x14,
+	0x0a, 0x10, 0x4a, 0x4f, 0x42, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x51, 0x55, 0x45, 0x55,
+	0x45, 0x44, 0x10, 0x02, 0x12, 0x15, 0x0a, 0x11, 0x4a, 0x4f, 0x42, 0x5f, 0x53, 0x54, 0x41, 0x54,
+	0x45, 0x5f, 0x52, 0x55, 0x4e, 0x4e, 0x49, 0x4e, 0x47, 0x10, 0x03, 0x12, 0x17, 0x0a, 0x13, 0x4a,
+	0x4f, 0x42, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x53, 0x55, 0x43, 0x43, 0x45, 0x45, 0x44,
+	0x45, 0x44, 0x10, 0x04, 0x12, 0x14, 0x0a, 0x10, 0x4a, 0x4f, 0x42, 0x5f, 0x53, 0x54, 0x41, 0x54,
+	0x45, 0x5f, 0x46, 0x41, 0x49, 0x4c, 0x45, 0x44, 0x10, 0x05, 0x12, 0x17, 0x0a, 0x13, 0x4a, 0x4f,
+	0x42, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x43, 0x41, 0x4e, 0x43, 0x45, 0x4c, 0x4c, 0x45,
+	0x44, 0x10, 0x06, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
 }
 
 var (
@@ -1334,7 +1405,7 @@ func file_dispatch_v1_job_proto_rawDescGZIP() []byte {
 }
 
 var file_dispatch_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_dispatch_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_dispatch_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_dispatch_v1_job_proto_goTypes = []interface{}{
 	(JobState)(0),                 // 0: dispatch.v1.JobState
 	(*Backoff)(nil),               // 1: dispatch.v1.Backoff
@@ -1346,49 +1417,51 @@ var file_dispatch_v1_job_proto_goTypes = []interface{}{
 	(*QueueInfo)(nil),             // 7: dispatch.v1.QueueInfo
 	(*WorkerInfo)(nil),            // 8: dispatch.v1.WorkerInfo
 	(*JobRun)(nil),                // 9: dispatch.v1.JobRun
-	nil,                           // 10: dispatch.v1.JobOptions.LabelsEntry
-	nil,                           // 11: dispatch.v1.Job.LabelsEntry
-	nil,                           // 12: dispatch.v1.WorkerInfo.QueuesEntry
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*structpb.Value)(nil),        // 15: google.protobuf.Value
+	(*JobRuns)(nil),               // 10: dispatch.v1.JobRuns
+	nil,                           // 11: dispatch.v1.JobOptions.LabelsEntry
+	nil,                           // 12: dispatch.v1.Job.LabelsEntry
+	nil,                           // 13: dispatch.v1.WorkerInfo.QueuesEntry
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*structpb.Value)(nil),        // 16: google.protobuf.Value
 }
 var file_dispatch_v1_job_proto_depIdxs = []int32{
-	13, // 0: dispatch.v1.Backoff.initial:type_name -> google.protobuf.Duration
-	13, // 1: dispatch.v1.Backoff.max:type_name -> google.protobuf.Duration
-	13, // 2: dispatch.v1.JobOptions.timeout:type_name -> google.protobuf.Duration
+	14, // 0: dispatch.v1.Backoff.initial:type_name -> google.protobuf.Duration
+	14, // 1: dispatch.v1.Backoff.max:type_name -> google.protobuf.Duration
+	14, // 2: dispatch.v1.JobOptions.timeout:type_name -> google.protobuf.Duration
 	1,  // 3: dispatch.v1.JobOptions.backoff:type_name -> dispatch.v1.Backoff
-	14, // 4: dispatch.v1.JobOptions.run_at:type_name -> google.protobuf.Timestamp
-	13, // 5: dispatch.v1.JobOptions.delay:type_name -> google.protobuf.Duration
-	10, // 6: dispatch.v1.JobOptions.labels:type_name -> dispatch.v1.JobOptions.LabelsEntry
-	13, // 7: dispatch.v1.JobOptions.retention:type_name -> google.protobuf.Duration
-	14, // 8: dispatch.v1.Lease.deadline:type_name -> google.protobuf.Timestamp
-	15, // 9: dispatch.v1.Job.payload:type_name -> google.protobuf.Value
+	15, // 4: dispatch.v1.JobOptions.run_at:type_name -> google.protobuf.Timestamp
+	14, // 5: dispatch.v1.JobOptions.delay:type_name -> google.protobuf.Duration
+	11, // 6: dispatch.v1.JobOptions.labels:type_name -> dispatch.v1.JobOptions.LabelsEntry
+	14, // 7: dispatch.v1.JobOptions.retention:type_name -> google.protobuf.Duration
+	15, // 8: dispatch.v1.Lease.deadline:type_name -> google.protobuf.Timestamp
+	16, // 9: dispatch.v1.Job.payload:type_name -> google.protobuf.Value
 	0,  // 10: dispatch.v1.Job.state:type_name -> dispatch.v1.JobState
 	1,  // 11: dispatch.v1.Job.backoff:type_name -> dispatch.v1.Backoff
-	13, // 12: dispatch.v1.Job.timeout:type_name -> google.protobuf.Duration
-	14, // 13: dispatch.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	14, // 12: dispatch.v1.Job.timeout:type_name -> google.protobuf.Duration
+	15, // 13: dispatch.v1.Job.run_at:type_name -> google.protobuf.Timestamp
 	3,  // 14: dispatch.v1.Job.lease:type_name -> dispatch.v1.Lease
-	15, // 15: dispatch.v1.Job.progress:type_name -> google.protobuf.Value
-	15, // 16: dispatch.v1.Job.result:type_name -> google.protobuf.Value
+	16, // 15: dispatch.v1.Job.progress:type_name -> google.protobuf.Value
+	16, // 16: dispatch.v1.Job.result:type_name -> google.protobuf.Value
 	4,  // 17: dispatch.v1.Job.error:type_name -> dispatch.v1.JobError
-	11, // 18: dispatch.v1.Job.labels:type_name -> dispatch.v1.Job.LabelsEntry
-	14, // 19: dispatch.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	14, // 20: dispatch.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
-	14, // 21: dispatch.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	14, // 22: dispatch.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	12, // 18: dispatch.v1.Job.labels:type_name -> dispatch.v1.Job.LabelsEntry
+	15, // 19: dispatch.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	15, // 20: dispatch.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	15, // 21: dispatch.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	15, // 22: dispatch.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
 	0,  // 23: dispatch.v1.JobEvent.state:type_name -> dispatch.v1.JobState
-	14, // 24: dispatch.v1.JobEvent.timestamp:type_name -> google.protobuf.Timestamp
-	14, // 25: dispatch.v1.QueueInfo.paused_at:type_name -> google.protobuf.Timestamp
-	14, // 26: dispatch.v1.QueueInfo.oldest_queued_created_at:type_name -> google.protobuf.Timestamp
-	12, // 27: dispatch.v1.WorkerInfo.queues:type_name -> dispatch.v1.WorkerInfo.QueuesEntry
-	14, // 28: dispatch.v1.WorkerInfo.started_at:type_name -> google.protobuf.Timestamp
-	14, // 29: dispatch.v1.WorkerInfo.last_seen:type_name -> google.protobuf.Timestamp
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	15, // 24: dispatch.v1.JobEvent.timestamp:type_name -> google.protobuf.Timestamp
+	15, // 25: dispatch.v1.QueueInfo.paused_at:type_name -> google.protobuf.Timestamp
+	15, // 26: dispatch.v1.QueueInfo.oldest_queued_created_at:type_name -> google.protobuf.Timestamp
+	13, // 27: dispatch.v1.WorkerInfo.queues:type_name -> dispatch.v1.WorkerInfo.QueuesEntry
+	15, // 28: dispatch.v1.WorkerInfo.started_at:type_name -> google.protobuf.Timestamp
+	15, // 29: dispatch.v1.WorkerInfo.last_seen:type_name -> google.protobuf.Timestamp
+	9,  // 30: dispatch.v1.JobRuns.runs:type_name -> dispatch.v1.JobRun
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_dispatch_v1_job_proto_init() }
@@ -1505,6 +1578,18 @@ func file_dispatch_v1_job_proto_init() {
 				return nil
 			}
 		}
+		file_dispatch_v1_job_proto_msgTypes[9].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*JobRuns); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1512,7 +1597,7 @@ func file_dispatch_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_dispatch_v1_job_proto_rawDesc,
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -82,6 +82,17 @@ def test_python_producer_and_python_worker(client: Client, py_worker):
     assert dispatch_client.result(sync) == {"sum": 6}
 
 
+def test_python_worker_runs_a_batch_in_one_runs_message(client: Client, py_worker):
+    """A CreateJobs batch reaches the worker as one `runs` message of 20 jobs; the worker has
+    4 slots, so most of them wait in it for a slot, and each runs once."""
+    queue = py_worker
+    results = client.create_many([{"queue": queue, "type": "py.sync", "payload": [i, 1]} for i in range(20)])
+    for i, r in enumerate(results):
+        done = client.wait(r.job.id, timeout=30)
+        assert done.state == JobState.JOB_STATE_SUCCEEDED and done.attempt == 1, done
+        assert dispatch_client.result(done) == {"sum": i + 1}
+
+
 def test_python_worker_retries_fails_and_cancels(client: Client, py_worker):
     queue = py_worker
     flaky = client.create(queue, "py.flaky", None, backoff_initial=0.1)

@@ -768,6 +768,14 @@ impl Stack {
         self.jobs().await.create_job(req).await.unwrap().into_inner()
     }
 
+    /// Creates jobs from JSON in one CreateJobs call (one partition, so one script run),
+    /// returning their ids in order.
+    pub async fn create_batch(&self, jobs: Vec<serde_json::Value>) -> Vec<String> {
+        let req: pb::CreateJobsRequest = serde_json::from_value(serde_json::json!({ "jobs": jobs })).unwrap();
+        let resp = self.jobs().await.create_jobs(req).await.unwrap().into_inner();
+        resp.results.into_iter().map(|r| r.job.unwrap().id).collect()
+    }
+
     pub async fn get(&self, id: &str) -> pb::Job {
         self.jobs()
             .await

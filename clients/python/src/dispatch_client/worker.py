@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 import signal
 import socket
@@ -199,6 +200,7 @@ class Worker:
 
     async def _pull(self, queue: str, sub: Any, slots: asyncio.Semaphore, stub: Any, stop: asyncio.Event,
                     hand_back: asyncio.Event, running: set[asyncio.Task[None]]) -> None:
+        jobs_per_message = 1.0  # lately: a pull asks for as many messages as fill the free slots
         while not stop.is_set():
             if queue in self.paused:
                 # Its run messages stay in the stream until it is resumed.
@@ -210,32 +212,40 @@ class Worker:
                 await slots.acquire()
                 free += 1
             try:
-                msgs = await sub.fetch(batch=free, timeout=0.5)
+                msgs = await sub.fetch(batch=max(1, math.ceil(free / jobs_per_message)), timeout=0.5)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 msgs = []
             except Exception as e:
                 log.warning("pull failed: %s", e)
                 msgs = []
                 await asyncio.sleep(0.5)
-            for _ in range(free - len(msgs)):
-                slots.release()
+            spare = free  # slots taken and not given to a job yet
             for msg in msgs:
-                task = asyncio.create_task(self._handle(msg, stub, hand_back))
-                running.add(task)
+                runs = _runs(msg)
+                if not runs:
+                    log.error("undecodable run message on %s dropped", msg.subject)
+                    await msg.term()
+                    continue
+                jobs_per_message = 0.8 * jobs_per_message + 0.2 * len(runs)
+                delivery = _Delivery(msg, len(runs))
+                for run in runs:
+                    # A slot per job: the jobs of a message beyond the free slots wait here.
+                    if spare > 0:
+                        spare -= 1
+                    else:
+                        await slots.acquire()
+                    task = asyncio.create_task(self._handle(run, delivery, stub, hand_back))
+                    running.add(task)
 
-                def done(t: asyncio.Task[None]) -> None:
-                    running.discard(t)
-                    slots.release()
+                    def done(t: asyncio.Task[None]) -> None:
+                        running.discard(t)
+                        slots.release()
 
-                task.add_done_callback(done)
+                    task.add_done_callback(done)
+            for _ in range(spare):
+                slots.release()
 
-    async def _handle(self, msg: Any, stub: Any, hand_back: asyncio.Event) -> None:
-        try:
-            run = job_pb2.JobRun.FromString(msg.data)
-        except Exception:
-            log.error("undecodable run message on %s dropped", msg.subject)
-            await msg.term()
-            return
+    async def _handle(self, run: job_pb2.JobRun, delivery: "_Delivery", stub: Any, hand_back: asyncio.Event) -> None:
         claim = worker_service_pb2.ClaimJobRequest(
             job_id=run.job_id, attempt=run.attempt, worker_id=self.worker_id, lease_duration=to_duration(self.lease)
         )
@@ -245,12 +255,12 @@ class Worker:
             if e.code() in _DROP:
                 if e.details() == f"queue {run.queue} is paused":
                     self.paused.add(run.queue)  # dispatch writes it again on resume
-                await msg.ack()
+                await delivery.settle(again=False)
             else:
                 log.warning("claim of %s failed (%s); redelivered", run.job_id, e.code().name)
-                await msg.nak(delay=1)
+                await delivery.settle(again=True)
             return
-        await msg.ack()  # from here the lease in Redis is the one retry clock
+        await delivery.settle(again=False)  # from here the lease in Redis is the one retry clock
         await self._run(job, stub, hand_back)
 
     async def _run(self, job: job_pb2.Job, stub: Any, hand_back: asyncio.Event) -> None:
@@ -338,3 +348,34 @@ async def _call(fn: Handler, ctx: JobContext) -> Any:
     if inspect.iscoroutinefunction(fn):
         return await fn(ctx)
     return await asyncio.to_thread(fn, ctx)
+
+
+def _runs(msg: Any) -> list[job_pb2.JobRun]:
+    """The jobs a run message names: one (kind `run`, a `JobRun`) or several (kind `runs`, a
+    `JobRuns`); none when it is undecodable."""
+    try:
+        if (msg.headers or {}).get("Dispatch-Kind") == "runs":
+            runs = list(job_pb2.JobRuns.FromString(msg.data).runs)
+        else:
+            runs = [job_pb2.JobRun.FromString(msg.data)]
+    except Exception:
+        return []
+    return [r for r in runs if r.job_id and r.attempt > 0]
+
+
+class _Delivery:
+    """A pulled message shared by the jobs it names: acked once each of them was claimed or
+    refused for good, handed back (nak) to be delivered again if a claim could not be made (the
+    claims of jobs taken already are then refused)."""
+
+    def __init__(self, msg: Any, jobs: int) -> None:
+        self.msg, self.left, self.again = msg, jobs, False
+
+    async def settle(self, again: bool) -> None:
+        self.again = self.again or again
+        self.left -= 1
+        if self.left == 0:
+            if self.again:
+                await self.msg.nak(delay=1)
+            else:
+                await self.msg.ack()

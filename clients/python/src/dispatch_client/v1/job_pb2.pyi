@@ -7,7 +7,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -217,13 +217,21 @@ class WorkerInfo(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., queues: _Optional[_Mapping[str, int]] = ..., in_flight: _Optional[int] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobRun(_message.Message):
-    __slots__ = ("job_id", "attempt", "queue", "type")
+    __slots__ = ("job_id", "attempt", "queue", "type", "traceparent")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     queue: str
     type: str
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., queue: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., queue: _Optional[str] = ..., type: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
+
+class JobRuns(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[JobRun]
+    def __init__(self, runs: _Optional[_Iterable[_Union[JobRun, _Mapping]]] = ...) -> None: ...
