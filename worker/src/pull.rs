@@ -55,7 +55,7 @@ impl Puller {
                 _ = shutdown.cancelled() => return,
             };
             let mut permits = vec![first];
-            while permits.len() < 256 {
+            while permits.len() < CLAIMS_PER_CALL {
                 match self.slots.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
@@ -133,6 +133,9 @@ impl Puller {
                         delivery: delivery.clone(),
                         permit,
                     });
+                    if group.len() >= CLAIMS_PER_CALL {
+                        self.claim(&mut group);
+                    }
                 }
             }
             self.claim(&mut group);
@@ -150,6 +153,9 @@ impl Puller {
         ));
     }
 }
+
+/// Jobs claimed in one ClaimJobs call at most (dispatch takes up to 1,000).
+const CLAIMS_PER_CALL: usize = 256;
 
 /// The jobs a run message names (one for kind `run`, several for `runs`), and the trace
 /// context its header carries; `None` when the message is undecodable or names none.
