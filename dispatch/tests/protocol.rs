@@ -329,6 +329,35 @@ async fn a_batch_goes_out_in_runs_messages_and_each_job_runs_once() {
     s.stop().await;
 }
 
+/// `relay_runs_per_message = 1`: one message per job (kind `run`), the format before, for
+/// workers written against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_run_per_message_when_configured() {
+    let s = Stack::start_with(|c| c.loops.relay_runs_per_message = 1).await;
+    let nats = s.nats_client().await;
+    let mut sub = nats.subscribe("job_run.single").await.unwrap();
+    nats.flush().await.unwrap();
+    let ids = s.create_batch(vec![json!({"queue":"single","type":"noop"}); 3]).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(T, async {
+        while got.len() < ids.len() {
+            let msg = sub.next().await.unwrap();
+            let headers = msg.headers.clone().unwrap();
+            assert_eq!(headers.get("Dispatch-Kind").unwrap().as_str(), "run");
+            let run = pb::JobRun::decode(msg.payload.clone()).unwrap();
+            assert_eq!(
+                headers.get("Nats-Msg-Id").unwrap().to_string(),
+                format!("{}:1", run.job_id)
+            );
+            got.push(run.job_id);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("missing run messages; got {got:?}"));
+    assert_eq!(got, ids);
+    s.stop().await;
+}
+
 fn violations(status: &tonic::Status) -> Vec<String> {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     status
