@@ -34,9 +34,10 @@ pub(crate) struct Puller {
 impl Puller {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut pauses = self.runner.paused.subscribe();
-        // Jobs per message lately (a moving average): a pull asks for as many messages as
-        // should fill the free slots.
-        let mut jobs_per_message = 1.0f64;
+        // Jobs per message lately: a pull asks for as many messages as should fill the free
+        // slots. Pessimistic (a message may hold up to 64): it starts at the most, follows a
+        // larger message at once and a smaller one slowly, so that few jobs wait for a slot.
+        let mut jobs_per_message = MAX_JOBS_PER_MESSAGE;
         loop {
             // A paused queue's run messages stay in the stream until it is resumed.
             if pauses.borrow_and_update().contains(&self.queue) {
@@ -61,7 +62,7 @@ impl Puller {
                     Err(_) => break,
                 }
             }
-            let messages = ((permits.len() as f64 / jobs_per_message).ceil() as usize).max(1);
+            let messages = ((permits.len() as f64 / jobs_per_message).ceil() as usize).clamp(1, MESSAGES_PER_PULL);
             let batch = self
                 .consumer
                 .batch()
@@ -97,7 +98,12 @@ impl Puller {
                     let _ = msg.ack_with(AckKind::Term).await;
                     continue;
                 };
-                jobs_per_message = 0.8 * jobs_per_message + 0.2 * runs.len() as f64;
+                let n = runs.len() as f64;
+                jobs_per_message = if n > jobs_per_message {
+                    n
+                } else {
+                    0.8 * jobs_per_message + 0.2 * n
+                };
                 let delivery = Arc::new(Delivery {
                     msg,
                     left: AtomicUsize::new(runs.len()),
@@ -112,9 +118,10 @@ impl Puller {
                     {
                         Ok(p) => p,
                         Err(_) => {
-                            // More jobs than free slots: claim what is here, then wait for one.
+                            // More jobs than free slots: claim what is here, then wait for one,
+                            // and take every other slot free by then.
                             self.claim(&mut group);
-                            tokio::select! {
+                            let p = tokio::select! {
                                 p = self.slots.clone().acquire_owned() => match p {
                                     Ok(p) => p,
                                     Err(_) => return,
@@ -124,7 +131,14 @@ impl Puller {
                                     delivery.settle_many(1 + runs.len(), true).await;
                                     return;
                                 }
+                            };
+                            while permits.len() + 1 < CLAIMS_PER_CALL {
+                                match self.slots.clone().try_acquire_owned() {
+                                    Ok(more) => permits.push(more),
+                                    Err(_) => break,
+                                }
                             }
+                            p
                         }
                     };
                     group.push(Pulled {
@@ -156,6 +170,13 @@ impl Puller {
 
 /// Jobs claimed in one ClaimJobs call at most (dispatch takes up to 1,000).
 const CLAIMS_PER_CALL: usize = 256;
+
+/// Jobs a run message holds at most (dispatch's `loops.relay_runs_per_message` is 1 to 64).
+const MAX_JOBS_PER_MESSAGE: f64 = 64.0;
+
+/// Messages asked for in one pull at most: bounds the jobs a pull can bring beyond the free
+/// slots when messages turn out larger than lately.
+const MESSAGES_PER_PULL: usize = 64;
 
 /// The jobs a run message names (one for kind `run`, several for `runs`), and the trace
 /// context its header carries; `None` when the message is undecodable or names none.

@@ -200,7 +200,10 @@ class Worker:
 
     async def _pull(self, queue: str, sub: Any, slots: asyncio.Semaphore, stub: Any, stop: asyncio.Event,
                     hand_back: asyncio.Event, running: set[asyncio.Task[None]]) -> None:
-        jobs_per_message = 1.0  # lately: a pull asks for as many messages as fill the free slots
+        # Jobs per message lately: a pull asks for as many messages as should fill the free slots.
+        # Pessimistic (a message holds up to 64): it starts at the most, follows a larger message
+        # at once and a smaller one slowly, so that few jobs wait for a slot.
+        jobs_per_message = 64.0
         while not stop.is_set():
             if queue in self.paused:
                 # Its run messages stay in the stream until it is resumed.
@@ -212,7 +215,7 @@ class Worker:
                 await slots.acquire()
                 free += 1
             try:
-                msgs = await sub.fetch(batch=max(1, math.ceil(free / jobs_per_message)), timeout=0.5)
+                msgs = await sub.fetch(batch=min(64, max(1, math.ceil(free / jobs_per_message))), timeout=0.5)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 msgs = []
             except Exception as e:
@@ -226,7 +229,8 @@ class Worker:
                     log.error("undecodable run message on %s dropped", msg.subject)
                     await msg.term()
                     continue
-                jobs_per_message = 0.8 * jobs_per_message + 0.2 * len(runs)
+                n = len(runs)
+                jobs_per_message = n if n > jobs_per_message else 0.8 * jobs_per_message + 0.2 * n
                 delivery = _Delivery(msg, len(runs))
                 for run in runs:
                     # A slot per job: the jobs of a message beyond the free slots wait here.
