@@ -309,7 +309,7 @@ async fn publish_batch(
         // Run messages of this entry by queue, each group one message (up to runs_per_message).
         let mut runs: Vec<Vec<&OutboxMsg>> = Vec::new();
         for m in &e.msgs {
-            if m.kind == "run" && runs_per_message > 1 {
+            if m.kind == "run" {
                 match runs
                     .iter_mut()
                     .find(|g| g[0].queue == m.queue && g.len() < runs_per_message)
@@ -319,32 +319,27 @@ async fn publish_batch(
                 }
                 continue;
             }
-            let Some(mut msg) = bus::outgoing(m) else {
+            let Some(msg) = bus::outgoing(m) else {
                 tracing::error!(entry = %e.stream_id, message = ?m, "outbox message of unknown kind dropped");
                 continue;
             };
-            if m.kind == "run"
-                && let Some(tp) = publish_span(m, &msg.subject)
-            {
-                msg.headers.insert("traceparent", tp.as_str());
-            }
             let outcome = Outcome::of(&m.kind, &m.state).map(|o| {
                 let ms: u64 = m.ts.parse().unwrap_or(0);
                 (ms - ms % 60_000, m.queue.clone(), o)
             });
-            ready.push((m.kind == "run", (entry, outcome), msg));
+            ready.push((false, (entry, outcome), msg));
             n += 1;
         }
         for group in runs {
+            let subject = format!("job_run.{}", group[0].queue);
             let msg = if let [m] = group[..] {
-                // Alone: the single-run format.
+                // Alone: the single-run format, its trace context in a header.
                 let Some(mut msg) = bus::outgoing(m) else { continue };
-                if let Some(tp) = publish_span(m, &msg.subject) {
+                if let Some(tp) = publish_span(m, &subject) {
                     msg.headers.insert("traceparent", tp.as_str());
                 }
                 msg
             } else {
-                let subject = format!("job_run.{}", group[0].queue);
                 let traced: Vec<(&OutboxMsg, String)> = group
                     .into_iter()
                     .map(|m| (m, publish_span(m, &subject).unwrap_or_else(|| m.tp.clone())))
